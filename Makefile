@@ -1,0 +1,21 @@
+# Two commands on a fresh clone: `make demo` (the main job) and `make test` (the tests).
+# Both create .venv on first use (scripts/setup.sh picks a CPU torch on machines without a GPU).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test test-fast demo bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(VENV)/bin/flare --help
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,124 @@
+"""The `flare` command line: parse flags, call a stage, render the result.
+
+This is the only module that turns errors into exit codes (0 ok, 1 runtime failure, 2 usage or
+config error). It imports nothing heavy at module level so that `flare --help` stays instant;
+each command imports its stage inside the function body.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, TypeVar
+
+import typer
+
+from flare_cli import __version__
+from flare_cli.errors import FlareError, NotBuiltError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="flare",
+    help="FLARE: adapt an LLM to a new language with LoRA adapters that fuse an English pivot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def run_stage(fn: Callable[[], T]) -> T:
+    """Call a stage; turn a FlareError into a one-line message and its exit code.
+
+    Set FLARE_DEBUG=1 to see the traceback instead.
+    """
+    try:
+        return fn()
+    except FlareError as err:
+        if os.environ.get("FLARE_DEBUG"):
+            raise
+        _stderr_console().print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+        raise typer.Exit(code=err.exit_code) from None
+    except KeyboardInterrupt:
+        _stderr_console().print("[yellow]interrupted[/]; partial work is kept and resumable")
+        raise typer.Exit(code=130) from None
+
+
+def _not_built(command: str, issue: str) -> None:
+    raise NotBuiltError(f"`flare {command}` is not built yet ({issue}); nothing was done")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"flare_cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", "-V", help="Print the version and exit.", callback=_version_callback, is_eager=True
+    ),
+) -> None:
+    """FLARE: adapt an LLM to a new language with LoRA adapters that fuse an English pivot."""
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def translate() -> None:
+    """Translate task data with NLLB: English train data to the target, target test data to English pivots."""
+    run_stage(lambda: _not_built("translate", "the translate stage"))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train() -> None:
+    """Train a LoRA, FLARE, input-fusion or FLARE-MT adapter."""
+    run_stage(lambda: _not_built("train", "the train stage"))
+
+
+@app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_() -> None:
+    """Evaluate adapters and baselines on a task's target-language test set."""
+    run_stage(lambda: _not_built("eval", "the eval stage"))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def merge() -> None:
+    """Fold a LoRA adapter into its base (FLARE adapters are refused unless asked explicitly)."""
+    run_stage(lambda: _not_built("merge", "the merge stage"))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def push() -> None:
+    """Publish an adapter or merged model folder to the Hugging Face Hub."""
+    run_stage(lambda: _not_built("push", "the push stage"))
+
+
+@app.command("env")
+def env_(json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout.")) -> None:
+    """Print versions and devices, for bug reports."""
+    from flare_cli.envinfo import collect_env
+
+    info = collect_env()
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(info, indent=2))
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+def main() -> None:
+    app(prog_name="flare")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
