@@ -1,0 +1,3 @@
+from flare_cli.cli import main
+
+main()
