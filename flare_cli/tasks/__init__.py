@@ -1,0 +1,1 @@
+"""Tasks: loaders, prompt templates, verbalizers and metrics, behind a registry."""
