@@ -1,0 +1,329 @@
+"""Build, run, save and load a FLARE model.
+
+    fm = get_flare_model(base_model, FlareConfig(fusion="add_relu"))
+    out = fm(input_ids, attention_mask, labels=labels, prompt_mask=prompt_mask,
+             pivot_input_ids=pivot_ids, pivot_attention_mask=pivot_mask)
+    out.loss.backward()
+    fm.save_pretrained("adapter/")          # adapter_model.safetensors + adapter_config.json + flare_config.json
+    fm = load_flare_model(base_model, "adapter/")
+
+The saved folder is an ordinary peft LoRA adapter: plain ``PeftModel.from_pretrained`` opens it and
+gives the pivot-less model. ``flare_config.json`` holds every FLARE setting, because peft keeps
+neither a custom-module mapping nor a LoraConfig subclass's extra fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from flare_cli.errors import ConfigError, ModelError, PivotError
+from flare_cli.flare.fusion import FUSIONS
+from flare_cli.flare.layer import FlareLinear, layer_index_of
+from flare_cli.flare.pivot import (
+    PivotSession,
+    align_index,
+    capture_layer_inputs,
+    find_decoder_layers,
+    gather_aligned,
+)
+
+FLARE_CONFIG_NAME = "flare_config.json"
+METHODS = ("lora", "flare", "input-fusion", "flare-mt")
+DEFAULT_TARGETS = ("q_proj", "v_proj")
+
+
+@dataclass
+class FlareConfig:
+    """Every setting of a FLARE (or plain LoRA) adapter; saved as flare_config.json."""
+
+    method: str = "flare"
+    fusion: str = "add_relu"
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: Union[list[str], str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    fused_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    fused_layers: Optional[list[int]] = None
+    align: str = "end"
+    source_norm: bool = False
+    mt_model: Optional[str] = None
+    # provenance, not used by the math: base model, task, language, stage-1 adapter, versions
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of: {', '.join(FUSIONS)}")
+        if self.align not in ("end", "start"):
+            raise ConfigError(f"unknown align {self.align!r}; choose 'end' or 'start'")
+        if self.r <= 0:
+            raise ConfigError(f"r must be a positive integer, got {self.r}")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        if isinstance(self.fused_modules, str):
+            self.fused_modules = [m.strip() for m in self.fused_modules.split(",") if m.strip()]
+        if isinstance(self.target_modules, list):
+            extra = sorted(set(self.fused_modules) - set(self.target_modules))
+            if extra and self.is_fused:
+                raise ConfigError(f"fused modules {extra} are not LoRA targets {self.target_modules}")
+
+    @property
+    def is_fused(self) -> bool:
+        """Whether this adapter reads a pivot (FLARE, FLARE-MT) rather than being plain LoRA."""
+        return self.method in ("flare", "flare-mt")
+
+    def fuses(self, module_name: str) -> bool:
+        if not self.is_fused:
+            return False
+        if module_name.rsplit(".", 1)[-1] not in self.fused_modules:
+            return False
+        layer = layer_index_of(module_name)
+        return layer is not None and (self.fused_layers is None or layer in self.fused_layers)
+
+    def to_lora_config(self):
+        from peft import LoraConfig
+
+        targets = self.target_modules if self.target_modules == "all-linear" else list(self.target_modules)
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        from flare_cli import __version__
+
+        return {"flare_cli_version": __version__, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FlareConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"flare_cli_version"})
+        if unknown:
+            raise ConfigError(f"flare_config.json has unknown keys {unknown} (written by a newer flare_cli?)")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_flare_config(adapter_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
+    """The raw flare_config.json of an adapter folder, or None if it has none."""
+    path = Path(adapter_dir) / FLARE_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path}: unreadable flare_config.json ({err})") from None
+
+
+def write_json_atomic(path: Union[str, Path], data: Any) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _lora_config_for(config: FlareConfig, lora_config=None):
+    lora_config = lora_config or config.to_lora_config()
+    if config.is_fused:
+        lora_config._register_custom_module({nn.Linear: FlareLinear})
+        lora_config._flare_settings = config  # read by FlareLinear.resolve_lora_variant; not saved by peft
+    return lora_config
+
+
+def get_flare_model(model: nn.Module, config: FlareConfig, adapter_name: str = "default") -> "FlareModel":
+    """Wrap a HF causal LM with a fresh FLARE (or plain LoRA) adapter, B = 0 as in peft."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, _lora_config_for(config), adapter_name=adapter_name)
+    return FlareModel(peft_model, config)
+
+
+def load_flare_model(
+    model: nn.Module, adapter_dir: Union[str, Path], *, is_trainable: bool = False, adapter_name: str = "default"
+) -> "FlareModel":
+    """Load an adapter saved by FlareModel.save_pretrained onto ``model`` and restore its fusion."""
+    from peft import LoraConfig, PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
+    raw = read_flare_config(adapter_dir)
+    if raw is None:
+        raise ModelError(f"{adapter_dir}: no {FLARE_CONFIG_NAME}; not an adapter written by flare_cli")
+    config = FlareConfig.from_dict(raw)
+    lora_config = _lora_config_for(config, LoraConfig.from_pretrained(str(adapter_dir)))
+    try:
+        peft_model = PeftModel.from_pretrained(
+            model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
+        )
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
+    return FlareModel(peft_model, config)
+
+
+class FlareModel(nn.Module):
+    """A peft model whose fused LoRA modules read the English pivot.
+
+    Every forward attaches a fresh ``PivotSession`` to the fused modules and leaves it attached
+    until the next forward, so a backward pass that recomputes checkpointed layers still sees the
+    pivot (the reference code silently trained plain LoRA under gradient checkpointing).
+    """
+
+    def __init__(self, peft_model: nn.Module, config: FlareConfig):
+        super().__init__()
+        self.peft_model = peft_model
+        self.flare_config = config
+        named = list(peft_model.named_modules())
+        self._fused = [m for _, m in named if isinstance(m, FlareLinear) and m.is_fused]
+        self._fused_layers = sorted({m.flare_layer for m in self._fused})
+        if config.is_fused and config.method == "flare" and not self._fused:
+            raise ConfigError(
+                f"no module matches fused modules {config.fused_modules} (layers {config.fused_layers})"
+            )
+
+    # -- plumbing --------------------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        """The underlying HF causal LM (with LoRA layers injected)."""
+        return self.peft_model.get_base_model()
+
+    @property
+    def fused_layers(self) -> list[int]:
+        return list(self._fused_layers)
+
+    def _attach(self, session: Optional[PivotSession]) -> None:
+        for module in self._fused:
+            module.flare_session = session
+
+    def release(self) -> None:
+        """Detach pivot states (frees their memory); fused layers then refuse to run."""
+        self._attach(None)
+
+    # -- the pivot -------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_pivot(self, pivot_input_ids: torch.Tensor, pivot_attention_mask: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Hidden states entering each fused layer, from the frozen base (adapters off) over the pivot."""
+        if not self._fused_layers:
+            return {}
+        with self.peft_model.disable_adapter():
+            return capture_layer_inputs(
+                self.base_model,
+                find_decoder_layers(self.base_model),
+                self._fused_layers,
+                pivot_input_ids,
+                pivot_attention_mask,
+                source_norm=self.flare_config.source_norm,
+            )
+
+    def pivot_session(
+        self,
+        pivot_input_ids: torch.Tensor,
+        pivot_attention_mask: torch.Tensor,
+        target_prompt_mask: torch.Tensor,
+        *,
+        prefill_only: bool = False,
+    ) -> PivotSession:
+        """Encode the pivot and align it to the target prompt positions."""
+        if pivot_input_ids.shape[0] != target_prompt_mask.shape[0]:
+            raise PivotError(
+                f"pivot batch has {pivot_input_ids.shape[0]} rows but the target batch has {target_prompt_mask.shape[0]}"
+            )
+        raw = self.encode_pivot(pivot_input_ids, pivot_attention_mask)
+        index, present = align_index(pivot_attention_mask, target_prompt_mask, self.flare_config.align)
+        states = {layer: gather_aligned(h, index, present) for layer, h in raw.items()}
+        return PivotSession(states=states, present=present, prefill_only=prefill_only)
+
+    # -- running ---------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        *,
+        prompt_mask: Optional[torch.Tensor] = None,
+        pivot_input_ids: Optional[torch.Tensor] = None,
+        pivot_attention_mask: Optional[torch.Tensor] = None,
+        no_pivot: bool = False,
+        **kwargs: Any,
+    ):
+        """Fused forward. ``prompt_mask`` (B, L) marks target prompt tokens (default: every real
+        token); answer and padding positions are absent. ``no_pivot=True`` runs phi(0, T)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self._attach(self._session_for(input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot))
+        return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    def _session_for(self, input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot, prefill_only=False):
+        if not self._fused:
+            return None
+        if no_pivot:
+            return PivotSession()
+        if pivot_input_ids is None:
+            raise PivotError("this FLARE adapter needs pivot_input_ids (the English pivot prompt), or no_pivot=True")
+        if pivot_attention_mask is None:
+            pivot_attention_mask = torch.ones_like(pivot_input_ids)
+        target_mask = attention_mask.bool() if prompt_mask is None else prompt_mask.bool() & attention_mask.bool()
+        return self.pivot_session(pivot_input_ids, pivot_attention_mask, target_mask, prefill_only=prefill_only)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        *,
+        pivot_input_ids: Optional[torch.Tensor] = None,
+        pivot_attention_mask: Optional[torch.Tensor] = None,
+        no_pivot: bool = False,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """HF generate with the prompt fused during prefill; generated tokens are absent.
+
+        One extra no-grad prefill over the pivot, never a generation on it.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        session = self._session_for(
+            input_ids, attention_mask, None, pivot_input_ids, pivot_attention_mask, no_pivot, prefill_only=True
+        )
+        handle = None
+        if session is not None and session.states is not None:
+            def mark_spent(module, args, output):
+                session.spent = True
+
+            handle = self.base_model.register_forward_hook(mark_spent)
+        self._attach(session)
+        try:
+            return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
+            self.release()
+
+    # -- saving ----------------------------------------------------------------------------
+    def save_pretrained(self, output_dir: Union[str, Path], **kwargs: Any) -> None:
+        """peft adapter files plus flare_config.json (written last, atomically)."""
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.peft_model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
+        write_json_atomic(output_dir / FLARE_CONFIG_NAME, self.flare_config.to_dict())
+
+    def merge_and_unload(self):
+        """Fold a plain LoRA adapter into the base; raises MergeError for a fused adapter."""
+        return self.peft_model.merge_and_unload()
+
+    def trainable_parameters(self) -> Sequence[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
