@@ -1,0 +1,341 @@
+"""`flare train`: stage 1 (English LoRA) and stage 3 (LoRA / FLARE / input-fusion on the target).
+
+A readable recipe: setup -> (resume) -> loop of micro-batches with gradient accumulation ->
+periodic validation and checkpoints -> the best adapter written to the output folder.
+
+Output folder:
+    adapter_model.safetensors, adapter_config.json, flare_config.json   the adapter (best on validation)
+    tokenizer files, train_config.yaml (resolved, no secrets), trainer_log.jsonl, train_result.json
+    checkpoints/checkpoint-<step>/  adapter + optimizer.pt + scheduler.pt + rng.pt + state.json
+``train_result.json`` is written last: a folder without it is an unfinished run, resumed next time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from flare_cli.config import dump_yaml, public_dict
+from flare_cli.errors import ConfigError, DataError, NotBuiltError
+
+RESULT_NAME = "train_result.json"
+OWN_FILES = {"train_config.yaml", "trainer_log.jsonl", "checkpoints", RESULT_NAME}
+
+
+@dataclass
+class TrainConfig:
+    base: str
+    output_dir: str
+    task: str = "qa"
+    lang: str = "en"
+    method: str = "lora"
+    data: Optional[str] = None
+    validation_data: Optional[str] = None
+    split: str = "train"
+    task_adapter: Optional[str] = None
+    fusion: str = "add_relu"
+    target_modules: Any = "q_proj,v_proj"
+    fused_modules: Any = "q_proj,v_proj"
+    fused_layers: Optional[list[int]] = None
+    align: str = "end"
+    source_norm: bool = False
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    learning_rate: float = 2e-5
+    batch_size: int = 32
+    micro_batch_size: int = 8
+    epochs: float = 3.0
+    max_steps: Optional[int] = None
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_length: int = 128
+    seed: int = 42
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
+    device_map: Optional[str] = None
+    load_in_4bit: bool = False
+    logging_steps: int = 10
+    eval_steps: Optional[int] = None
+    save_steps: Optional[int] = None
+    save_total_limit: int = 2
+    limit: Optional[int] = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method == "flare-mt":
+            raise NotBuiltError("--method flare-mt is not built yet (the FLARE-MT stage); nothing was done")
+        if self.method not in ("lora", "flare", "input-fusion"):
+            raise ConfigError(f"unknown method {self.method!r}; choose lora, flare, input-fusion or flare-mt")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}"
+            )
+        for name in ("r", "batch_size", "micro_batch_size", "max_length", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if self.learning_rate <= 0:
+            raise ConfigError("--learning-rate must be positive")
+        if isinstance(self.fused_layers, str):
+            self.fused_layers = [int(x) for x in self.fused_layers.split(",") if x.strip()]
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    method: str
+    steps: int
+    epochs: float
+    train_loss: float
+    best_validation_loss: Optional[float]
+    best_step: Optional[int]
+    resumed_from: Optional[int]
+    elapsed_s: float
+    already_complete: bool = False
+    log: list[dict] = field(default_factory=list, repr=False)
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _prepare_output_dir(cfg: TrainConfig) -> Optional[dict]:
+    """Refuse foreign folders; return a finished run's result; wipe on --overwrite."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {out} is a file")
+    if out.exists() and cfg.overwrite:
+        shutil.rmtree(out)
+    if out.is_dir() and any(out.iterdir()):
+        names = {p.name for p in out.iterdir()}
+        if not names & OWN_FILES:
+            raise ConfigError(f"--output-dir {out} holds other files ({sorted(names)[0]}, ...); pick an empty folder")
+        if (out / RESULT_NAME).is_file():
+            return json.loads((out / RESULT_NAME).read_text(encoding="utf-8"))
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _load_rows(cfg: TrainConfig, source: Optional[str], split: str, task):
+    rows = task.load(source, cfg.lang, split)
+    if cfg.method in ("flare", "input-fusion"):
+        task.require_pivots(rows, source or task.hub_id or cfg.task)
+    return rows[: cfg.limit] if cfg.limit else rows
+
+
+def _latest_checkpoint(out: Path) -> Optional[Path]:
+    done = [p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "state.json").is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit: int) -> Path:
+    import torch
+
+    ckpt_root = out / "checkpoints"
+    ckpt = ckpt_root / f"checkpoint-{state['step']}"
+    tmp = ckpt_root / f".tmp-checkpoint-{state['step']}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}, tmp / "rng.pt")
+    _atomic_text(tmp / "state.json", json.dumps(state, indent=2))  # last: marks the checkpoint complete
+    shutil.rmtree(ckpt, ignore_errors=True)
+    os.replace(tmp, ckpt)
+    keep = {state.get("best_step"), state["step"]}
+    finished = sorted((p for p in ckpt_root.glob("checkpoint-*")), key=lambda p: int(p.name.split("-")[1]))
+    for old in finished[: max(0, len(finished) - limit)]:
+        if int(old.name.split("-")[1]) not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path) -> dict:
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(fm.peft_model, load_file(str(ckpt / "adapter_model.safetensors")))
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    random.setstate((3, tuple(rng["python"]), None))
+    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """A deterministic shuffle per epoch, so a resumed run sees the same batches."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+
+
+def _model_inputs(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def validation_loss(fm, examples, pad_id: int, micro: int, device) -> float:
+    import torch
+
+    from flare_cli.encode import collate
+
+    fm.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), micro):
+            batch = _model_inputs(collate(examples[i : i + micro], pad_id), device)
+            n = int((batch["labels"] != -100).sum())
+            out = fm(**batch)
+            total += float(out.loss) * n
+            tokens += n
+    fm.train()
+    return total / max(tokens, 1)
+
+
+def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> TrainResult:
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from flare_cli.encode import build_examples, collate
+    from flare_cli.flare import FlareConfig, get_flare_model
+    from flare_cli.languages import resolve
+    from flare_cli.modeling import load_base_model, pick_device
+    from flare_cli.tasks.registry import get_task
+
+    on_log = on_log or (lambda record: None)
+    resolve(cfg.lang)  # unknown language codes fail before anything is loaded
+    task = get_task(cfg.task)
+    finished = _prepare_output_dir(cfg)
+    out = Path(cfg.output_dir)
+    if finished is not None:
+        return TrainResult(**{**finished, "already_complete": True})
+
+    rows = _load_rows(cfg, cfg.data, cfg.split, task)
+    val_rows = _load_rows(cfg, cfg.validation_data, "validation", task) if cfg.validation_data else []
+    _seed_everything(cfg.seed)
+    device = pick_device() if not cfg.device_map else None
+    model, tokenizer = load_base_model(
+        cfg.base, task_adapter=cfg.task_adapter, dtype=cfg.dtype, device_map=cfg.device_map,
+        load_in_4bit=cfg.load_in_4bit,
+    )
+    if cfg.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    targets = cfg.target_modules if cfg.target_modules == "all-linear" else cfg.target_modules
+    flare_config = FlareConfig(
+        method=cfg.method, fusion=cfg.fusion if cfg.method == "flare" else "none", r=cfg.r,
+        lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
+        fused_modules=cfg.fused_modules, fused_layers=cfg.fused_layers, align=cfg.align,
+        source_norm=cfg.source_norm,
+        meta={"base_model": cfg.base, "task": cfg.task, "lang": cfg.lang, "task_adapter": cfg.task_adapter,
+              "train_data": cfg.data},
+    )
+    fm = get_flare_model(model, flare_config)
+    if cfg.gradient_checkpointing:
+        fm.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    device = device or next(fm.parameters()).device
+    fm.train()
+
+    examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length)
+    val_examples = build_examples(tokenizer, task, val_rows, cfg.method, cfg.max_length) if val_rows else []
+    accum = cfg.batch_size // cfg.micro_batch_size
+    micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
+    steps_per_epoch = max(1, micro_per_epoch // accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    params = [p for p in fm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+
+    _atomic_text(out / "train_config.yaml", f"# flare train -c train_config.yaml\n{dump_yaml(public_dict(cfg))}")
+    state = {"step": 0, "micro": 0, "best_loss": None, "best_step": None, "train_loss": None}
+    resumed_from = None
+    ckpt = _latest_checkpoint(out)
+    if ckpt is not None:
+        state = _load_checkpoint(fm, optimizer, scheduler, ckpt)
+        resumed_from = state["step"]
+        on_log({"event": "resume", "step": state["step"], "checkpoint": str(ckpt)})
+    else:
+        (out / "trainer_log.jsonl").unlink(missing_ok=True)
+    eval_every = cfg.eval_steps or max(1, total_steps // 4)
+    save_every = cfg.save_steps or eval_every
+    log_path = out / "trainer_log.jsonl"
+    start = time.time()
+    start_step = state["step"]
+    running, running_n = 0.0, 0
+    pad_id = tokenizer.pad_token_id
+
+    def log(record: dict) -> None:
+        with log_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        on_log(record)
+
+    micro = state["micro"]
+    while state["step"] < total_steps:
+        epoch, offset = divmod(micro, micro_per_epoch)
+        order = _epoch_order(len(examples), cfg.seed, epoch)
+        chunk = order[offset * cfg.micro_batch_size : (offset + 1) * cfg.micro_batch_size]
+        batch = _model_inputs(collate([examples[i] for i in chunk], pad_id), device)
+        loss = fm(**batch).loss
+        (loss / accum).backward()
+        running += float(loss)
+        running_n += 1
+        micro += 1
+        if micro % accum and micro % micro_per_epoch:
+            continue  # keep accumulating (an epoch's last partial group still steps)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["micro"] = micro
+        step = state["step"]
+        if step % cfg.logging_steps == 0 or step == total_steps:
+            elapsed = time.time() - start
+            rate = elapsed / max(step - start_step, 1)
+            state["train_loss"] = running / running_n
+            log({"step": step, "loss": round(state["train_loss"], 6), "lr": scheduler.get_last_lr()[0],
+                 "epoch": round(micro / micro_per_epoch, 4), "elapsed": round(elapsed, 2),
+                 "eta": round(rate * (total_steps - step), 2), "total_steps": total_steps})
+            running, running_n = 0.0, 0
+        if val_examples and (step % eval_every == 0 or step == total_steps):
+            vloss = validation_loss(fm, val_examples, pad_id, cfg.micro_batch_size, device)
+            improved = state["best_loss"] is None or vloss < state["best_loss"]
+            if improved:
+                state["best_loss"], state["best_step"] = vloss, step
+            log({"step": step, "eval_loss": round(vloss, 6), "best": improved})
+        if step % save_every == 0 or step == total_steps:
+            _save_checkpoint(fm, optimizer, scheduler, dict(state), out, cfg.save_total_limit)
+
+    final = out / "checkpoints" / f"checkpoint-{state['best_step'] or state['step']}"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "flare_config.json"):
+        tmp = out / f".{name}.tmp"
+        shutil.copyfile(final / name, tmp)
+        os.replace(tmp, out / name)
+    tokenizer.save_pretrained(str(out))
+    result = TrainResult(
+        output_dir=str(out), method=cfg.method, steps=state["step"], epochs=round(micro / micro_per_epoch, 4),
+        train_loss=state["train_loss"] if state["train_loss"] is not None else float("nan"),
+        best_validation_loss=state["best_loss"], best_step=state["best_step"], resumed_from=resumed_from,
+        elapsed_s=round(time.time() - start, 2),
+    )
+    record = {k: v for k, v in result.__dict__.items() if k not in ("log", "already_complete")}
+    _atomic_text(out / RESULT_NAME, json.dumps(record, indent=2))
+    return result
