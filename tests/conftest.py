@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated HOME/HF cache, offline Hub, and tiny models built locally."""
+"""Shared test set-up: every test runs offline with its own HOME, Hugging Face cache and FLARE_HOME."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory, monkeypatch):
+def _isolated_offline_env(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("FLARE_HOME", str(home / "flare"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("FLARE_DEBUG", raising=False)

@@ -1,6 +1,8 @@
-"""Tiny random causal LMs of several architectures, built locally (no Hub)."""
+"""Tiny offline models and tokenizers for tests, built locally in seconds (no Hub)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -37,3 +39,61 @@ def tiny_causal_lm(arch: str = "llama", *, layers: int = 2, hidden: int = 32, se
 
 
 ARCHS = ("llama", "gemma2", "qwen2", "mistral")
+
+CORPUS = [
+    "Context: Dodoma ni mji mkuu wa Tanzania.\nQuestion: Mji mkuu ni upi?\nAnswer: Dodoma",
+    "Context: Dodoma is the capital of Tanzania.\nQuestion: What is the capital?\nAnswer: Dodoma",
+    "Premise: Mvua inanyesha. Hypothesis: Ni mvua. entailment neutral contradiction",
+    "Text: apik tenan. Is the sentiment negative, neutral or positive? Answer: positive",
+]
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def tiny_llama(tokenizer, hidden=32, seed=0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def save_base(folder: Path, hidden=32, seed=0):
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(tokenizer, hidden=hidden, seed=seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer
+
+
+def save_lora_adapter(base_model, folder: Path, seed=1):
+    """A plain LoRA adapter with B != 0 so that it changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base_model, config)
+    peft_model.save_pretrained(folder)
+    return peft_model

@@ -1,0 +1,370 @@
+"""`flare eval`: generate answers for a task's target-language inputs and score them.
+
+Three layers, each usable alone:
+
+- ``generate_answers``: batched, left-padded greedy generation with the KV cache; with pivots it
+  drives a FlareModel (one no-grad prefill over the pivot batch, prompt fused, new tokens unfused).
+- ``evaluate_rows``: builds each method's inputs from task rows, parses and scores; writes nothing.
+- ``run``: loads models from an EvalConfig, evaluates, writes ``predictions.jsonl`` and
+  ``metrics.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from flare_cli.errors import ConfigError, ModelError
+from flare_cli.tasks import Task, get_task
+
+METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare")
+# Methods that read the English pivot_* columns.
+PIVOT_METHODS = ("translate-test", "input-fusion", "flare")
+# Methods run on the (stage-1) base alone, without a target-language adapter.
+BASE_ONLY_METHODS = ("zero-shot", "translate-test")
+DEFAULT_MAX_NEW_TOKENS = {"qa": 32}
+DEFAULT_LABEL_MAX_NEW_TOKENS = 8
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    predictions: list[dict]
+    output_dir: Optional[str] = None
+
+
+@dataclass
+class EvalConfig:
+    task: Optional[str] = None  # default: the adapter's flare_config.json
+    lang: Optional[str] = None  # default: the adapter's flare_config.json
+    adapter: Optional[str] = None
+    base: Optional[str] = None  # default: the adapter's recorded base model
+    task_adapter: Optional[str] = None  # stage-1 LoRA merged into the base first
+    method: Optional[str] = None  # default: the adapter's method, or zero-shot without an adapter
+    data: Optional[str] = None  # local file or Hub id; default: the task's Hub dataset
+    split: Optional[str] = None
+    output_dir: str = "eval"
+    batch_size: int = 8
+    max_new_tokens: Optional[int] = None
+    limit: Optional[int] = None
+    predict: bool = False  # no gold: write predictions only
+    task_options: dict = field(default_factory=dict)  # for --task custom
+    mt_model: Optional[str] = None  # translates missing pivots on the fly (default: the adapter's)
+    dtype: str = "auto"
+
+
+# -- generation core ----------------------------------------------------------------------------
+def _left_padded(tokenizer, texts: Sequence[str], device):
+    batch = tokenizer(list(texts), return_tensors="pt", padding=True)
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    pivots: Optional[Sequence[str]] = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[str]:
+    """Greedy answers (new tokens only, cut at the first newline) for ``prompts``, in order.
+
+    With ``pivots`` (one English prompt per target prompt), ``model`` is a FlareModel and gets the
+    left-padded pivot batch as ``pivot_input_ids``/``pivot_attention_mask``.
+    """
+    import torch
+
+    if pivots is not None and len(pivots) != len(prompts):
+        raise ValueError(f"{len(pivots)} pivots for {len(prompts)} prompts")
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ModelError("the tokenizer has neither a pad nor an EOS token")
+    saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the last column
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            input_ids, attention_mask = _left_padded(tokenizer, prompts[start : start + batch_size], device)
+            kwargs: dict[str, Any] = {}
+            if pivots is not None:
+                pivot_ids, pivot_mask = _left_padded(tokenizer, pivots[start : start + batch_size], device)
+                kwargs = {"pivot_input_ids": pivot_ids, "pivot_attention_mask": pivot_mask}
+            with torch.no_grad():
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    stop_strings=["\n"],  # answers are one line; stop decoding early
+                    tokenizer=tokenizer,
+                    **kwargs,
+                )
+            new_tokens = output[:, input_ids.shape[1] :]
+            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+                answers.append(text.split("\n", 1)[0])
+            if progress is not None:
+                progress(input_ids.shape[0])
+    finally:
+        tokenizer.padding_side, tokenizer.pad_token = saved_side, saved_pad
+    return answers
+
+
+# -- method inputs and scoring ------------------------------------------------------------------
+def build_inputs(task: Task, rows: Sequence[dict], method: str) -> tuple[list[str], Optional[list[str]]]:
+    """(prompts, pivots) for ``method``; pivots only for FLARE."""
+    if method in ("zero-shot", "lora"):
+        return [task.prompt(r) for r in rows], None
+    if method == "translate-test":
+        return [task.prompt(r, pivot=True) for r in rows], None
+    if method == "input-fusion":
+        return [task.input_fusion_prompt(r) for r in rows], None
+    if method == "flare":
+        return [task.prompt(r) for r in rows], [task.prompt(r, pivot=True) for r in rows]
+    raise ConfigError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+
+
+def default_max_new_tokens(task: Task) -> int:
+    return DEFAULT_MAX_NEW_TOKENS.get(task.name, DEFAULT_LABEL_MAX_NEW_TOKENS if hasattr(task, "labels") else 32)
+
+
+def evaluate_rows(
+    model,
+    tokenizer,
+    task: Task,
+    rows: Sequence[dict],
+    *,
+    method: str,
+    lang: str,
+    source: str = "data",
+    score: bool = True,
+    max_new_tokens: Optional[int] = None,
+    batch_size: int = 8,
+    progress: Optional[Callable[[int], None]] = None,
+) -> EvalResult:
+    """Generate, parse and (with ``score``) score ``rows`` under ``method``. Writes nothing."""
+    if method in PIVOT_METHODS:
+        task.require_pivots(rows, source)
+    prompts, pivots = build_inputs(task, rows, method)
+    raw = generate_answers(
+        model,
+        tokenizer,
+        prompts,
+        pivots=pivots,
+        max_new_tokens=max_new_tokens or default_max_new_tokens(task),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    parsed = [task.parse(text) for text in raw]
+    predictions = []
+    for row, prediction, text in zip(rows, parsed, raw):
+        record = {"id": row["id"], "prediction": prediction, "raw": text}
+        if score:
+            record["gold"] = task.target(row)
+            record["correct"] = task.is_correct(prediction, row, lang)
+        predictions.append(record)
+    if score:
+        metrics = task.score(parsed, rows, lang=lang)
+    else:
+        metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in parsed)}
+    return EvalResult(metrics=metrics, predictions=predictions)
+
+
+# -- model loading --------------------------------------------------------------------------------
+def _read_json(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path}: unreadable JSON ({err.__class__.__name__})") from None
+
+
+def adapter_settings(adapter_dir: str) -> dict:
+    """flare_config.json of an adapter (``{}`` for a plain peft adapter); checks the folder."""
+    folder = Path(adapter_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
+    try:
+        from flare_cli.flare import read_flare_config
+    except ImportError:  # the FLARE package lands separately; the file format is the contract
+        return _read_json(folder / "flare_config.json") or {}
+    return read_flare_config(adapter_dir) or {}
+
+
+def _adapter_base(adapter_dir: str) -> Optional[str]:
+    config = _read_json(Path(adapter_dir) / "adapter_config.json") or {}
+    return config.get("base_model_name_or_path")
+
+
+def _load_base(name_or_path: str, task_adapter: Optional[str], dtype: str):
+    try:
+        from flare_cli.modeling import load_base_model
+    except ImportError:
+        return _load_base_with_transformers(name_or_path, task_adapter, dtype)
+    return load_base_model(name_or_path, task_adapter=task_adapter, dtype=dtype)
+
+
+def _load_base_with_transformers(name_or_path: str, task_adapter: Optional[str], dtype: str):
+    """Base model (+ merged stage-1 LoRA) with plain transformers/peft, until flare_cli.modeling exists."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except OSError as err:
+        raise ModelError(f"cannot load base model {name_or_path!r} ({str(err).splitlines()[0]})") from None
+    if task_adapter:
+        model = _attach_lora(model, task_adapter).merge_and_unload()
+    return model, tokenizer
+
+
+def _attach_lora(model, adapter_dir: str):
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir)
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({str(err).splitlines()[0]})") from None
+
+
+def _load_adapter(model, adapter_dir: str, settings: dict):
+    if settings.get("method") in ("flare", "flare-mt"):
+        try:
+            from flare_cli.flare import load_flare_model
+        except ImportError:
+            raise ModelError("FLARE adapters need flare_cli.flare, which this install lacks") from None
+        return load_flare_model(model, adapter_dir)
+    return _attach_lora(model, adapter_dir)
+
+
+# -- the stage ----------------------------------------------------------------------------------
+@dataclass
+class _Resolved:
+    task: Task
+    lang: str
+    method: str
+    base: str
+    source: str
+
+
+def _resolve(cfg: EvalConfig) -> _Resolved:
+    settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
+    method = cfg.method or settings.get("method") or ("lora" if cfg.adapter else "zero-shot")
+    if method == "flare-mt":
+        raise ConfigError("evaluating flare-mt adapters is not supported by `flare eval` yet")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if method in BASE_ONLY_METHODS and cfg.adapter:
+        raise ConfigError(f"--method {method} runs the base (plus --task-adapter), not --adapter")
+    if method not in BASE_ONLY_METHODS and not cfg.adapter:
+        raise ConfigError(f"--method {method} needs --adapter DIR")
+    if method == "flare" and settings.get("method") != "flare":
+        raise ConfigError(f"{cfg.adapter}: --method flare needs an adapter trained with --method flare")
+    task_name = cfg.task or settings.get("task")
+    lang = cfg.lang or settings.get("lang")
+    if not task_name:
+        raise ConfigError("which task? pass --task (qa, nli, sentiment, custom)")
+    if not lang:
+        raise ConfigError("which language? pass --lang")
+    base = cfg.base or settings.get("base_model") or (_adapter_base(cfg.adapter) if cfg.adapter else None)
+    if not base:
+        raise ConfigError("which base model? pass --base")
+    task = get_task(task_name, **cfg.task_options)
+    return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "")
+
+
+def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalConfig) -> None:
+    """Rows without ``pivot_*`` columns get them from the MT model when flare_cli.translate offers
+    ``translate_pivots``; otherwise the missing column is reported."""
+    columns = ["pivot_" + f for f in task.input_fields]
+    if all(isinstance(r.get(c), str) and r[c].strip() for r in rows for c in columns):
+        return
+    try:
+        from flare_cli.translate import translate_pivots
+    except ImportError:
+        task.require_pivots(rows, resolved.source)
+        return
+    settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
+    translate_pivots(rows, task.input_fields, lang=resolved.lang, mt_model=cfg.mt_model or settings.get("mt_model"))
+    task.require_pivots(rows, resolved.source)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> EvalResult:
+    """Resolve settings, load data and models, evaluate, write predictions.jsonl and metrics.json."""
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    resolved = _resolve(cfg)
+    task = resolved.task
+    rows = task.load(cfg.data, resolved.lang, cfg.split, require_gold=not cfg.predict)
+    if cfg.limit:
+        rows = rows[: cfg.limit]
+    if resolved.method in PIVOT_METHODS:
+        _ensure_pivots(task, rows, resolved, cfg)  # before loading the LLM: fail fast
+
+    model, tokenizer = _load_base(resolved.base, cfg.task_adapter, cfg.dtype)
+    if cfg.adapter:
+        model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter))
+    model.eval()
+
+    max_new_tokens = cfg.max_new_tokens or default_max_new_tokens(task)
+    result = evaluate_rows(
+        model,
+        tokenizer,
+        task,
+        rows,
+        method=resolved.method,
+        lang=resolved.lang,
+        source=resolved.source,
+        score=not cfg.predict,
+        max_new_tokens=max_new_tokens,
+        batch_size=cfg.batch_size,
+        progress=progress,
+    )
+    metrics = {
+        **result.metrics,
+        "task": task.name,
+        "lang": resolved.lang,
+        "method": resolved.method,
+        "adapter": cfg.adapter,
+        "settings": {
+            "base": resolved.base,
+            "task_adapter": cfg.task_adapter,
+            "data": resolved.source,
+            "split": cfg.split or task.default_split,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": cfg.batch_size,
+            "limit": cfg.limit,
+            "predict": cfg.predict,
+            "decoding": "greedy",
+        },
+    }
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
+    write_text_atomic(out / "predictions.jsonl", lines)
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    return EvalResult(metrics=metrics, predictions=result.predictions, output_dir=str(out))

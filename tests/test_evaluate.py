@@ -1,0 +1,251 @@
+"""Generation core, method inputs, scoring and the eval stage, on tiny offline models."""
+
+import json
+
+import pytest
+import torch
+
+from flare_cli.errors import ConfigError, DataError, ModelError
+from flare_cli.evaluate import EvalConfig, build_inputs, evaluate_rows, generate_answers, run
+from flare_cli.tasks import get_task
+from tiny_models import save_base, save_lora_adapter, tiny_llama, tiny_tokenizer
+
+PROMPTS = [
+    "Context: Dodoma ni mji mkuu wa Tanzania.\nQuestion: Mji mkuu ni upi?\nAnswer:",
+    "Context: Dodoma.\nAnswer:",
+    "Text: apik tenan.\nIs the sentiment negative, neutral or positive?\nAnswer:",
+]
+PIVOTS = [
+    "Context: Dodoma is the capital of Tanzania.\nQuestion: What is the capital?\nAnswer:",
+    "Context: Dodoma is the capital.\nAnswer:",
+    "Text: great.\nIs the sentiment negative, neutral or positive?\nAnswer:",
+]
+QA_ROWS = [
+    {"id": "q1", "context": "Dodoma ni mji mkuu wa Tanzania.", "question": "Mji mkuu ni upi?", "answer": "Dodoma",
+     "pivot_context": "Dodoma is the capital of Tanzania.", "pivot_question": "What is the capital?"},
+    {"id": "q2", "context": "Nairobi iko Kenya.", "question": "Nairobi iko wapi?", "answer": "Kenya",
+     "pivot_context": "Nairobi is in Kenya.", "pivot_question": "Where is Nairobi?"},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = tiny_tokenizer()
+    return tiny_llama(tokenizer), tokenizer
+
+
+def greedy_reference(model, tokenizer, prompt, max_new_tokens, on_forward=None):
+    """Unbatched, uncached greedy decoding: a full forward over prompt + generated tokens each step."""
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    n_prompt = ids.shape[1]
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits
+        next_id = logits[0, -1].argmax().item()
+        ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+        if next_id == tokenizer.eos_token_id:
+            break
+    return tokenizer.decode(ids[0, n_prompt:], skip_special_tokens=True).split("\n", 1)[0]
+
+
+def test_batched_left_padded_cached_generation_equals_uncached_reference(tiny):
+    model, tokenizer = tiny
+    expected = [greedy_reference(model, tokenizer, p, 10) for p in PROMPTS]
+    assert generate_answers(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=3) == expected
+    assert generate_answers(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=2) == expected
+    assert tokenizer.padding_side == "right"  # restored
+
+
+class PrefillFusedModel(torch.nn.Module):
+    """A FLARE stand-in with FlareModel's generate signature: one no-grad pass over the pivot gives a
+    per-example vector (mean pivot embedding) that is added to the *prompt* positions only; generated
+    tokens are unfused. Its full forward over prompt + answer applies the same rule, so cached
+    generation must match it token for token."""
+
+    def __init__(self, lm, scale=4.0):
+        super().__init__()
+        self.lm, self.scale, self._pending = lm, scale, None
+        lm.get_input_embeddings().register_forward_hook(self._fuse)
+
+    def _fuse(self, module, args, output):
+        if self._pending is None:
+            return output
+        bias, prompt_mask = self._pending  # (B, H), (B, L_prompt)
+        n_prompt = prompt_mask.shape[1]
+        if output.shape[1] < n_prompt:  # a cached decoding step: new tokens are unfused
+            return output
+        fused = output.clone()
+        fused[:, :n_prompt] += self.scale * bias[:, None, :] * prompt_mask[..., None]
+        return fused
+
+    def pivot_vector(self, pivot_input_ids, pivot_attention_mask):
+        with torch.no_grad():
+            states = self.lm.get_input_embeddings()(pivot_input_ids) * pivot_attention_mask[..., None]
+        return states.sum(1) / pivot_attention_mask.sum(1, keepdim=True)
+
+    def forward(self, input_ids, n_prompt, pivot_input_ids, pivot_attention_mask):
+        mask = torch.ones(input_ids.shape[0], n_prompt)
+        self._pending = (self.pivot_vector(pivot_input_ids, pivot_attention_mask), mask)
+        try:
+            return self.lm(input_ids=input_ids)
+        finally:
+            self._pending = None
+
+    def generate(self, input_ids, attention_mask, *, pivot_input_ids, pivot_attention_mask, **kwargs):
+        self._pending = (self.pivot_vector(pivot_input_ids, pivot_attention_mask), attention_mask.float())
+        try:
+            return self.lm.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self._pending = None
+
+
+def fused_reference(model, tokenizer, prompt, pivot, max_new_tokens):
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    pivot_ids = tokenizer(pivot, return_tensors="pt")["input_ids"]
+    n_prompt = ids.shape[1]
+    for _ in range(max_new_tokens):
+        logits = model(ids, n_prompt, pivot_ids, torch.ones_like(pivot_ids)).logits
+        next_id = logits[0, -1].argmax().item()
+        ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+        if next_id == tokenizer.eos_token_id:
+            break
+    return tokenizer.decode(ids[0, n_prompt:], skip_special_tokens=True).split("\n", 1)[0]
+
+
+def test_fused_generation_equals_fused_full_forward(tiny):
+    lm, tokenizer = tiny
+    model = PrefillFusedModel(lm)
+    expected = [fused_reference(model, tokenizer, p, v, 10) for p, v in zip(PROMPTS, PIVOTS)]
+    got = generate_answers(model, tokenizer, PROMPTS, pivots=PIVOTS, max_new_tokens=10, batch_size=3)
+    assert got == expected
+    # The pivot really reaches the answers (otherwise the parity above would be vacuous).
+    assert got != generate_answers(lm, tokenizer, PROMPTS, max_new_tokens=10, batch_size=3)
+
+
+def test_pivot_count_must_match(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="1 pivots for 3 prompts"):
+        generate_answers(model, tokenizer, PROMPTS, pivots=PIVOTS[:1])
+
+
+def test_each_method_builds_its_inputs():
+    task = get_task("qa")
+    target = [task.prompt(r) for r in QA_ROWS]
+    pivot = [task.prompt(r, pivot=True) for r in QA_ROWS]
+    assert build_inputs(task, QA_ROWS, "zero-shot") == (target, None)
+    assert build_inputs(task, QA_ROWS, "lora") == (target, None)
+    assert build_inputs(task, QA_ROWS, "translate-test") == (pivot, None)
+    assert build_inputs(task, QA_ROWS, "input-fusion") == ([task.input_fusion_prompt(r) for r in QA_ROWS], None)
+    assert build_inputs(task, QA_ROWS, "flare") == (target, pivot)
+    assert pivot[0] == "Context: Dodoma is the capital of Tanzania.\nQuestion: What is the capital?\nAnswer:"
+    with pytest.raises(ConfigError, match="unknown method 'beam'"):
+        build_inputs(task, QA_ROWS, "beam")
+
+
+def test_translate_test_generates_on_the_pivot_prompt(tiny):
+    model, tokenizer = tiny
+    task = get_task("qa")
+    result = evaluate_rows(model, tokenizer, task, QA_ROWS, method="translate-test", lang="sw", max_new_tokens=6)
+    expected = generate_answers(model, tokenizer, [task.prompt(r, pivot=True) for r in QA_ROWS], max_new_tokens=6)
+    assert [p["raw"] for p in result.predictions] == expected
+
+
+def test_evaluate_rows_scores_what_the_model_said(tiny):
+    model, tokenizer = tiny
+    task = get_task("qa")
+    said = generate_answers(model, tokenizer, [task.prompt(r) for r in QA_ROWS], max_new_tokens=6)
+    assert all(s.strip() for s in said)
+    rows = [dict(QA_ROWS[0], answer=said[0]), dict(QA_ROWS[1], answer="Kenya")]
+    result = evaluate_rows(model, tokenizer, task, rows, method="lora", lang="sw", max_new_tokens=6)
+    assert result.metrics["exact_match"] == 50.0
+    assert result.metrics["n"] == 2 and result.metrics["metric"] == "exact_match"
+    assert [p["correct"] for p in result.predictions] == [True, False]
+    assert result.predictions[1] == {"id": "q2", "prediction": said[1].strip(), "raw": said[1], "gold": "Kenya",
+                                     "correct": False}
+
+
+def test_unparseable_labels_count_wrong_and_are_reported(tiny):
+    model, tokenizer = tiny
+    rows = [{"id": "s1", "text": "apik tenan", "label": "positive"}, {"id": "s2", "text": "ora enak", "label": "negative"}]
+    result = evaluate_rows(model, tokenizer, get_task("sentiment"), rows, method="lora", lang="jv", max_new_tokens=4)
+    parsed = [p["prediction"] for p in result.predictions]
+    assert result.metrics["n_unparseable"] == parsed.count(None)
+    expected_acc = 100 * sum(p == r["label"] for p, r in zip(parsed, rows)) / 2
+    assert result.metrics["accuracy"] == expected_acc
+
+
+def test_pivot_methods_need_pivot_columns(tiny):
+    model, tokenizer = tiny
+    rows = [{k: v for k, v in QA_ROWS[0].items() if not k.startswith("pivot_")}]
+    with pytest.raises(DataError, match=r"test.sw.jsonl: row 'q1' has no 'pivot_context' column; run `flare translate"):
+        evaluate_rows(model, tokenizer, get_task("qa"), rows, method="flare", lang="sw", source="test.sw.jsonl")
+
+
+# -- the stage ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    base_model, _ = save_base(root / "base")
+    save_lora_adapter(base_model, root / "adapter")
+    (root / "adapter" / "flare_config.json").write_text(json.dumps(
+        {"method": "lora", "task": "qa", "lang": "sw", "base_model": str(root / "base")}))
+    save_base(root / "other_base", hidden=48)
+    data = root / "test.sw.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in QA_ROWS))
+    return root
+
+
+def test_run_writes_predictions_and_metrics_matching_a_direct_peft_run(saved, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "eval"
+    result = run(EvalConfig(adapter=str(saved / "adapter"), data=str(saved / "test.sw.jsonl"), output_dir=str(out),
+                            max_new_tokens=6))
+    tokenizer = AutoTokenizer.from_pretrained(saved / "base")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(saved / "base"), saved / "adapter").eval()
+    direct = generate_answers(model, tokenizer, [get_task("qa").prompt(r) for r in QA_ROWS], max_new_tokens=6)
+    written = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["raw"] for p in written] == direct
+    assert [p["id"] for p in written] == ["q1", "q2"] and [p["gold"] for p in written] == ["Dodoma", "Kenya"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics == result.metrics
+    assert (metrics["task"], metrics["lang"], metrics["method"], metrics["n"]) == ("qa", "sw", "lora", 2)
+    assert metrics["adapter"] == str(saved / "adapter") and metrics["settings"]["max_new_tokens"] == 6
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    # The adapter changes the answers: zero-shot on the same base gives different outputs.
+    base_model = AutoModelForCausalLM.from_pretrained(saved / "base").eval()
+    zero = run(EvalConfig(task="qa", lang="sw", base=str(saved / "base"), data=str(saved / "test.sw.jsonl"),
+                          output_dir=str(tmp_path / "zs"), max_new_tokens=6))
+    assert zero.metrics["method"] == "zero-shot" and zero.metrics["adapter"] is None
+    assert [p["raw"] for p in zero.predictions] == generate_answers(
+        base_model, tokenizer, [get_task("qa").prompt(r) for r in QA_ROWS], max_new_tokens=6)
+
+
+def test_predict_mode_runs_without_gold(saved, tmp_path):
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps({"id": "u1", "context": "Dodoma.", "question": "Mji mkuu?"}) + "\n")
+    with pytest.raises(DataError, match="missing column 'answer'"):
+        run(EvalConfig(adapter=str(saved / "adapter"), data=str(raw), output_dir=str(tmp_path / "o")))
+    result = run(EvalConfig(adapter=str(saved / "adapter"), data=str(raw), output_dir=str(tmp_path / "p"),
+                            predict=True, max_new_tokens=4))
+    assert set(result.predictions[0]) == {"id", "prediction", "raw"}
+    assert result.metrics["n"] == 1 and "exact_match" not in result.metrics
+
+
+def test_adapter_base_mismatch_is_a_model_error(saved, tmp_path):
+    with pytest.raises(ModelError, match=r"adapter: cannot load adapter onto this base \("):
+        run(EvalConfig(adapter=str(saved / "adapter"), base=str(saved / "other_base"),
+                       data=str(saved / "test.sw.jsonl"), output_dir=str(tmp_path / "o")))
+
+
+def test_config_errors(saved, tmp_path):
+    data = str(saved / "test.sw.jsonl")
+    with pytest.raises(ConfigError, match="--method lora needs --adapter DIR"):
+        run(EvalConfig(task="qa", lang="sw", base=str(saved / "base"), method="lora", data=data))
+    with pytest.raises(ConfigError, match="--method flare needs an adapter trained with --method flare"):
+        run(EvalConfig(adapter=str(saved / "adapter"), method="flare", data=data))
+    with pytest.raises(ModelError, match="not an adapter folder"):
+        run(EvalConfig(adapter=str(saved / "base"), data=data))
+    with pytest.raises(ConfigError, match="which task"):
+        run(EvalConfig(base=str(saved / "base"), lang="sw", data=data))
