@@ -1,0 +1,595 @@
+"""`flare translate`: NLLB translate-train data and translate-test pivots, batched, cached, resumable.
+
+- ``direction="train"``: English task rows -> target-language rows; the English originals are kept
+  as ``pivot_<field>``. For QA the answer is translated too and its span is projected into the
+  translated context (the answer is wrapped in quotes before translation and recovered after).
+- ``direction="test"``: target-language rows gain ``pivot_<field>`` (MT English).
+
+Every distinct text segment is translated once: results go to a content-addressed sqlite cache
+(`flare_cli.mt_cache`) committed after each batch, so a killed run loses at most one batch and a
+rerun translates nothing it has already seen. Segments are sorted by length and batched by a token
+budget; the output keeps the input row order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+from flare_cli import __version__
+from flare_cli.errors import ConfigError, DataError, ModelError
+from flare_cli.languages import Language, resolve
+from flare_cli.mt_cache import TranslationCache, cache_key
+
+DEFAULT_MT_MODEL = "facebook/nllb-200-3.3B"
+
+# The input fields translated per task (docs/architecture.md); `custom` takes --fields.
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "qa": ("context", "question"),
+    "nli": ("premise", "hypothesis"),
+    "sentiment": ("text",),
+}
+PROJECTION_POLICIES = ("drop", "keep", "error")
+# Test hook: SIGKILL ourselves after this many committed batches (kill/resume tests).
+KILL_AFTER_BATCHES_ENV = "FLARE_TRANSLATE_KILL_AFTER_BATCHES"
+
+# Quote characters MT systems produce for a quoted span; all count as the answer marker.
+_QUOTES = "\"\u201c\u201d\u201e\u00ab\u00bb\u300c\u300d\u300e\u300f\u2033\uff02"
+_SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f\u061f\u0964\u0965])\s+")
+
+
+@dataclass
+class TranslateConfig:
+    input: str  # a JSONL/CSV/parquet path, or "-" for JSONL on stdin
+    output: str  # a .jsonl/.parquet path, or "-" for JSONL on stdout
+    lang: str  # the non-English language, any spelling `languages.resolve` accepts
+    direction: str = "train"  # "train": English -> lang; "test": lang -> English pivots
+    task: str = "qa"  # qa | nli | sentiment | custom
+    fields: tuple[str, ...] | None = None  # overrides the task's input fields (required for custom)
+    mt_model: str = DEFAULT_MT_MODEL
+    revision: str | None = None
+    num_beams: int = 4
+    max_new_tokens: int = 256
+    batch_tokens: int = 4096  # padded source tokens per batch
+    max_input_tokens: int = 200  # longer texts are split into sentences and rejoined
+    device: str = "auto"
+    device_map: str | None = None
+    cache_dir: str | None = None  # default: <output dir>/.flare_cache
+    on_projection_failure: str = "keep"
+
+
+@dataclass
+class TranslateResult:
+    output: str
+    meta_path: str | None
+    src: str
+    tgt: str
+    rows_in: int
+    rows_out: int
+    segments: int  # distinct text segments needed
+    translated: int  # segments translated in this run
+    cache_hits: int
+    generated_tokens: int
+    seconds: float
+    projection_failed: int = 0
+    projection_failed_ids: list[str] = field(default_factory=list)
+
+
+class ProgressSink(Protocol):
+    def start(self, total_segments: int) -> None: ...
+    def advance(self, segments: int, generated_tokens: int) -> None: ...
+
+
+# ---------------------------------------------------------------------------- reading and writing
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a JSONL (also stdin as "-"), CSV or parquet file; DataError on anything unreadable."""
+    name = "<stdin>" if path == "-" else path
+    if path != "-" and not Path(path).is_file():
+        raise DataError(f"input file not found: {path}")
+    suffix = "" if path == "-" else Path(path).suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as err:  # pyarrow raises several unrelated types for corrupt files
+            raise DataError(f"{name}: not a readable parquet file ({err})") from None
+    else:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{name}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
+        rows = _parse_csv(text, name) if suffix == ".csv" else _parse_jsonl(text, name)
+    if not rows:
+        raise DataError(f"{name}: no rows")
+    return rows
+
+
+def _parse_jsonl(text: str, name: str) -> list[dict]:
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{name} line {lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{name} line {lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _parse_csv(text: str, name: str) -> list[dict]:
+    try:
+        return [dict(row) for row in csv.DictReader(io.StringIO(text))]
+    except csv.Error as err:
+        raise DataError(f"{name}: not valid CSV ({err})") from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def encode_rows(rows: list[dict], fmt: str) -> bytes:
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), sink)
+        return sink.getvalue()
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+
+
+def _output_format(path: str) -> str:
+    if path == "-":
+        return "jsonl"
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    raise ConfigError(f"output {path!r}: use a .jsonl or .parquet file name, or '-' for JSONL on stdout")
+
+
+# ---------------------------------------------------------------------------------- MT engine
+
+
+class HFTranslator:
+    """NLLB / M2M100 through AutoModelForSeq2SeqLM.generate; the model loads on first use."""
+
+    engine = "transformers"
+
+    def __init__(self, model_id: str, revision: str | None = None, device: str = "auto", device_map: str | None = None):
+        from transformers import AutoTokenizer
+
+        self.model_id = model_id
+        self.revision = revision
+        self.device_map = device_map
+        self._device_name = device
+        self._model = None
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
+        except (OSError, ValueError) as err:
+            raise ModelError(f"cannot load the MT tokenizer {model_id!r}: {_first_line(err)}") from None
+
+    def identity(self) -> str:
+        """Model id + resolved revision for cache keys and provenance."""
+        return model_revision(self.model_id, self.revision)
+
+    @property
+    def model(self):
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForSeq2SeqLM
+
+            device = self._device_name
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            dtype = torch.bfloat16 if device.startswith("cuda") or self.device_map else torch.float32
+            kwargs = {"revision": self.revision, "dtype": dtype}
+            if self.device_map:
+                kwargs["device_map"] = self.device_map
+            try:
+                model = AutoModelForSeq2SeqLM.from_pretrained(self.model_id, **kwargs)
+            except (OSError, ValueError) as err:
+                raise ModelError(f"cannot load the MT model {self.model_id!r}: {_first_line(err)}") from None
+            if not self.device_map:
+                model = model.to(device)
+            self._model = model.eval()
+        return self._model
+
+    def lang_code(self, lang: Language) -> str:
+        """The tokenizer's code for `lang`: FLORES for NLLB, ISO 639-1 for M2M100."""
+        tok = self.tokenizer
+        unk = tok.unk_token_id
+        if tok.convert_tokens_to_ids(lang.flores) not in (None, unk):
+            return lang.flores
+        if hasattr(tok, "get_lang_id") and lang.iso1 and lang.iso1 in getattr(tok, "lang_code_to_id", {}):
+            return lang.iso1
+        raise ModelError(f"MT model {self.model_id!r} has no language token for {lang.flores} ({lang.name})")
+
+    def _lang_token_id(self, code: str) -> int:
+        tok = self.tokenizer
+        return tok.get_lang_id(code) if hasattr(tok, "get_lang_id") else tok.convert_tokens_to_ids(code)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+    def translate_batch(
+        self, texts: list[str], src: Language, tgt: Language, num_beams: int, max_new_tokens: int
+    ) -> tuple[list[str], int]:
+        """Translate one batch; returns the translations and the number of generated tokens."""
+        import torch
+
+        model = self.model
+        self.tokenizer.src_lang = self.lang_code(src)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                forced_bos_token_id=self._lang_token_id(self.lang_code(tgt)),
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
+        pad = self.tokenizer.pad_token_id
+        generated = int((out[:, 1:] != pad).sum())
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True), generated
+
+
+def model_revision(model_id: str, revision: str | None) -> str:
+    """A stable revision string: the Hub commit when cached, else a fingerprint of a local folder."""
+    local = Path(model_id)
+    if local.is_dir():
+        import hashlib
+
+        stats = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in local.iterdir() if p.is_file()
+        )
+        return "local:" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return Path(cached).parent.name  # .../snapshots/<commit>/config.json
+    return revision or "main"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# ------------------------------------------------------------------------------- segmentation
+
+
+def split_segments(text: str, n_tokens: Callable[[list[str]], list[int]], max_tokens: int) -> list[str]:
+    """Split a text longer than max_tokens into sentences (and over-long sentences into word runs)."""
+    if n_tokens([text])[0] <= max_tokens:
+        return [text]
+    segments: list[str] = []
+    sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+    for sentence, length in zip(sentences, n_tokens(sentences)):
+        if length <= max_tokens:
+            segments.append(sentence)
+            continue
+        words = sentence.split()
+        run: list[str] = []
+        run_len = 0
+        for word, word_len in zip(words, n_tokens(words)):
+            word_len = max(word_len - 2, 1)  # each word was counted with its language tag and EOS
+            if run and run_len + word_len > max_tokens - 2:
+                segments.append(" ".join(run))
+                run, run_len = [], 0
+            run.append(word)
+            run_len += word_len
+        if run:
+            segments.append(" ".join(run))
+    return segments
+
+
+# --------------------------------------------------------------------------------- the stage
+
+
+class _Translator:
+    """Cache-first translation of many texts with one engine and one language pair."""
+
+    def __init__(self, cfg: TranslateConfig, engine: HFTranslator, cache: TranslationCache,
+                 src: Language, tgt: Language, progress: ProgressSink | None):
+        self.cfg, self.engine, self.cache = cfg, engine, cache
+        self.src, self.tgt, self.progress = src, tgt, progress
+        self.identity = engine.identity()
+        self.translated = self.hits = self.tokens = self.batches = 0
+        self.segment_keys: set[str] = set()
+        kill_after = os.environ.get(KILL_AFTER_BATCHES_ENV)
+        self.kill_after = int(kill_after) if kill_after else None
+
+    def _key(self, segment: str) -> str:
+        return cache_key(
+            model=self.engine.model_id, revision=self.identity, engine=self.engine.engine,
+            src=self.src.flores, tgt=self.tgt.flores, num_beams=self.cfg.num_beams,
+            max_new_tokens=self.cfg.max_new_tokens, text=segment,
+        )
+
+    def translate_all(self, texts: Iterable[str]) -> dict[str, str]:
+        """{text: translation} for every distinct text; empty/blank texts map to ''."""
+        texts = list(texts)
+        distinct = sorted({t for t in texts if t.strip()})
+        segments_of = {t: split_segments(t.strip(), self.engine.count_tokens, self.cfg.max_input_tokens) for t in distinct}
+        keys = {s: self._key(s) for segs in segments_of.values() for s in segs}
+        self.segment_keys.update(keys.values())
+        found = self.cache.get_many(list(keys.values()))
+        pending = [s for s, k in keys.items() if k not in found]
+        self.hits += len(keys) - len(pending)
+        if pending:
+            found.update(self._run_batches(pending, keys))
+        result = {t: " ".join(found[keys[s]] for s in segs) for t, segs in segments_of.items()}
+        result.update({t: "" for t in texts if not t.strip()})
+        return result
+
+    def _run_batches(self, pending: list[str], keys: dict[str, str]) -> dict[str, str]:
+        lengths = dict(zip(pending, self.engine.count_tokens(pending)))
+        # Longest first: similar lengths share a batch (little padding) and OOM shows up at once.
+        ordered = sorted(pending, key=lambda s: (-lengths[s], s))
+        if self.progress:
+            self.progress.start(len(ordered))
+        done: dict[str, str] = {}
+        for batch in batch_by_tokens(ordered, lengths, self.cfg.batch_tokens):
+            outputs, generated = self.engine.translate_batch(
+                batch, self.src, self.tgt, self.cfg.num_beams, self.cfg.max_new_tokens
+            )
+            self.cache.put_many([(keys[s], out) for s, out in zip(batch, outputs)])
+            done.update({keys[s]: out for s, out in zip(batch, outputs)})
+            self.translated += len(batch)
+            self.tokens += generated
+            self.batches += 1
+            if self.progress:
+                self.progress.advance(len(batch), generated)
+            if self.kill_after is not None and self.batches >= self.kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return done
+
+
+def batch_by_tokens(ordered: list[str], lengths: dict[str, int], budget: int) -> Iterable[list[str]]:
+    """Consecutive batches whose padded size (rows x longest row) stays within the token budget."""
+    batch: list[str] = []
+    longest = 0
+    for text in ordered:
+        new_longest = max(longest, lengths[text])
+        if batch and new_longest * (len(batch) + 1) > budget:
+            yield batch
+            batch, new_longest = [], lengths[text]
+        batch.append(text)
+        longest = new_longest
+    if batch:
+        yield batch
+
+
+def _validate(cfg: TranslateConfig) -> tuple[tuple[str, ...], Language, Language]:
+    if cfg.direction not in ("train", "test"):
+        raise ConfigError(f"unknown direction {cfg.direction!r}; use 'train' or 'test'")
+    if cfg.on_projection_failure not in PROJECTION_POLICIES:
+        raise ConfigError(f"unknown --on-projection-failure {cfg.on_projection_failure!r}; use drop, keep or error")
+    if cfg.fields:
+        fields = tuple(cfg.fields)
+    elif cfg.task in TASK_FIELDS:
+        fields = TASK_FIELDS[cfg.task]
+    elif cfg.task == "custom":
+        raise ConfigError("task 'custom' needs --fields (comma-separated column names)")
+    else:
+        raise ConfigError(f"unknown task {cfg.task!r}; use qa, nli, sentiment or custom with --fields")
+    for name, value, low in (("num_beams", cfg.num_beams, 1), ("max_new_tokens", cfg.max_new_tokens, 1),
+                             ("batch_tokens", cfg.batch_tokens, 1), ("max_input_tokens", cfg.max_input_tokens, 8)):
+        if value < low:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    target = resolve(cfg.lang)
+    english = resolve("en")
+    if target == english:
+        raise ConfigError("--lang is the non-English side of the translation; got English")
+    src, tgt = (english, target) if cfg.direction == "train" else (target, english)
+    return fields, src, tgt
+
+
+def _check_rows(rows: list[dict], fields: tuple[str, ...], needs_answer: bool, name: str) -> None:
+    columns = list(rows[0])
+    required = list(fields) + (["answer"] if needs_answer else [])
+    for i, row in enumerate(rows):
+        for col in required:
+            if col not in row:
+                where = f"row {i + 1}" if i else "the data"
+                raise DataError(f"{name}: {where} has no column {col!r} (columns: {', '.join(columns)})")
+            if not isinstance(row[col], str):
+                raise DataError(
+                    f"{name}: row {row.get('id', i + 1)!s} column {col!r} is {type(row[col]).__name__}, expected text"
+                )
+    with_id = sum("id" in row for row in rows)
+    if 0 < with_id < len(rows):
+        raise DataError(f"{name}: {len(rows) - with_id} rows have no 'id' while others do")
+
+
+def run(cfg: TranslateConfig, progress: ProgressSink | None = None) -> TranslateResult:
+    started = time.perf_counter()
+    fields, src, tgt = _validate(cfg)
+    out_fmt = _output_format(cfg.output)
+    name = "<stdin>" if cfg.input == "-" else cfg.input
+    rows = read_rows(cfg.input)
+    qa_train = cfg.direction == "train" and cfg.task == "qa"
+    _check_rows(rows, fields, qa_train, name)
+    if "id" not in rows[0]:
+        rows = [{"id": str(i), **row} for i, row in enumerate(rows)]
+
+    out_dir = Path.cwd() if cfg.output == "-" else Path(cfg.output).resolve().parent
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / ".flare_cache"
+    engine = HFTranslator(cfg.mt_model, cfg.revision, cfg.device, cfg.device_map)
+    engine.lang_code(src), engine.lang_code(tgt)  # fail before any work if the model lacks a language
+
+    with TranslationCache(cache_dir / "translations.sqlite") as cache:
+        mt = _Translator(cfg, engine, cache, src, tgt, progress)
+        if qa_train:
+            out_rows, failed_ids = _translate_qa_train(rows, fields, mt, cfg.on_projection_failure)
+        else:
+            out_rows, failed_ids = _translate_rows(rows, fields, mt, cfg.direction), []
+
+    meta_path = None
+    if cfg.output == "-":
+        sys.stdout.buffer.write(encode_rows(out_rows, out_fmt))
+        sys.stdout.buffer.flush()
+    else:
+        out_path = Path(cfg.output)
+        _atomic_write(out_path, encode_rows(out_rows, out_fmt))
+        meta_path = str(out_path) + ".meta.json"
+        meta = {
+            "flare_cli_version": __version__,
+            "engine": engine.engine,
+            "mt_model": cfg.mt_model,
+            "revision": mt.identity,
+            "direction": cfg.direction,
+            "task": cfg.task,
+            "fields": list(fields),
+            "src_lang": src.flores,
+            "tgt_lang": tgt.flores,
+            "num_beams": cfg.num_beams,
+            "max_new_tokens": cfg.max_new_tokens,
+            "max_input_tokens": cfg.max_input_tokens,
+            "rows_in": len(rows),
+            "rows_out": len(out_rows),
+            "projection_failed": len(failed_ids),
+            "on_projection_failure": cfg.on_projection_failure if qa_train else None,
+        }
+        _atomic_write(Path(meta_path), (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
+
+    return TranslateResult(
+        output=cfg.output, meta_path=meta_path, src=src.flores, tgt=tgt.flores, rows_in=len(rows),
+        rows_out=len(out_rows), segments=len(mt.segment_keys), translated=mt.translated,
+        cache_hits=mt.hits, generated_tokens=mt.tokens, seconds=time.perf_counter() - started,
+        projection_failed=len(failed_ids), projection_failed_ids=failed_ids[:20],
+    )
+
+
+def _with_pivots(row: dict, translated: dict[str, str], fields: tuple[str, ...], direction: str) -> dict:
+    out = dict(row)
+    for f in fields:
+        if direction == "train":
+            out[f] = translated[f]
+            out[f"pivot_{f}"] = row[f]
+        else:
+            out[f"pivot_{f}"] = translated[f]
+    return out
+
+
+def _translate_rows(rows: list[dict], fields: tuple[str, ...], mt: _Translator, direction: str) -> list[dict]:
+    table = mt.translate_all(row[f] for row in rows for f in fields)
+    return [_with_pivots(row, {f: table[row[f]] for f in fields}, fields, direction) for row in rows]
+
+
+# ------------------------------------------------------------------------ QA span projection
+
+
+def mark_answer(context: str, answer: str, answer_start: int | None) -> tuple[str, int] | None:
+    """Wrap the gold answer in quotes; returns (marked context, quotes before the answer) or None."""
+    if not answer:
+        return None
+    start = answer_start if isinstance(answer_start, int) and answer_start >= 0 else -1
+    if start < 0 or context[start:start + len(answer)] != answer:
+        start = context.find(answer)
+    if start < 0:
+        return None
+    marked = f'{context[:start]}"{answer}"{context[start + len(answer):]}'
+    return marked, sum(context[:start].count(q) for q in _QUOTES)
+
+
+def recover_answer(translated: str, quotes_before: int, quotes_in_source: int) -> tuple[str, str, int] | None:
+    """Find the quoted answer in a translated marked context.
+
+    Returns (context without the two marker quotes, answer, answer_start) or None when the MT output
+    does not have exactly the source's quotes plus the two markers, or the quoted span is empty.
+    """
+    positions = [i for i, ch in enumerate(translated) if ch in _QUOTES]
+    if len(positions) != quotes_in_source + 2:
+        return None
+    open_at, close_at = positions[quotes_before], positions[quotes_before + 1]
+    span = translated[open_at + 1:close_at]
+    answer = span.strip()
+    if not answer:
+        return None
+    context = translated[:open_at] + span + translated[close_at + 1:]
+    return context, answer, open_at + (len(span) - len(span.lstrip()))
+
+
+def _translate_qa_train(rows: list[dict], fields: tuple[str, ...], mt: _Translator, policy: str):
+    marks = {}
+    for i, row in enumerate(rows):
+        marked = mark_answer(row["context"], row["answer"], row.get("answer_start"))
+        if marked:
+            marks[i] = marked
+    texts = [row[f] for row in rows for f in fields if f != "context"] + [row["answer"] for row in rows]
+    texts += [rows[i]["context"] if i not in marks else marks[i][0] for i in range(len(rows))]
+    table = mt.translate_all(texts)
+
+    projected: dict[int, tuple[str, str, int | None]] = {}
+    for i, (marked, quotes_before) in marks.items():
+        quotes_in_source = sum(rows[i]["context"].count(q) for q in _QUOTES)
+        hit = recover_answer(table[marked], quotes_before, quotes_in_source)
+        if hit:
+            projected[i] = hit
+    # Fallback: translate the plain context and look for the separately translated answer in it.
+    unresolved = [i for i in range(len(rows)) if i not in projected]
+    plain = mt.translate_all(rows[i]["context"] for i in unresolved)
+    failed: list[str] = []
+    for i in unresolved:
+        row = rows[i]
+        context, answer = plain[row["context"]], table[row["answer"]]
+        if not row["answer"]:  # unanswerable: nothing to project
+            projected[i] = (context, "", None)
+        elif answer and answer in context:
+            projected[i] = (context, answer, context.index(answer))
+        else:
+            failed.append(str(row["id"]))
+            projected[i] = (context, answer, None)
+
+    if failed and policy == "error":
+        raise DataError(
+            f"{len(failed)} of {len(rows)} rows failed answer projection (ids: {', '.join(failed[:5])}"
+            f"{', ...' if len(failed) > 5 else ''}); translations are cached, rerun with "
+            "--on-projection-failure keep or drop"
+        )
+    failed_set = set(failed)
+    out = []
+    for i, row in enumerate(rows):
+        if policy == "drop" and str(row["id"]) in failed_set:
+            continue
+        context, answer, start = projected[i]
+        translated = {f: table[row[f]] for f in fields if f != "context"}
+        translated["context"] = context
+        new = _with_pivots(row, translated, fields, "train")
+        new["answer"] = answer
+        new["answer_start"] = start
+        out.append(new)
+    return out, failed
