@@ -7,9 +7,10 @@ each command imports its stage inside the function body.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import typer
 
@@ -76,10 +77,98 @@ def translate() -> None:
     run_stage(lambda: _not_built("translate", "the translate stage"))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
+def _opt(help_text: str, *names: str):
+    """An option that defaults to None, so a YAML value is only overridden by a flag actually given."""
+    return typer.Option(None, *names, help=help_text, show_default=False)
+
+
+@app.command()
+def train(
+    config: Optional[str] = typer.Option(None, "-c", "--config", help="YAML config; flags override its keys."),
+    base: Optional[str] = _opt("Base model: Hub id or local folder.", "--base"),
+    output_dir: Optional[str] = _opt("Output folder (resumed from its last checkpoint unless --overwrite).", "--output-dir", "-o"),
+    task: Optional[str] = _opt("Task: qa, nli, sentiment or custom. [default: qa]", "--task"),
+    lang: Optional[str] = _opt("Training data language (ISO 639 / FLORES code). [default: en]", "--lang"),
+    method: Optional[str] = _opt("lora | flare | input-fusion | flare-mt. [default: lora]", "--method"),
+    data: Optional[str] = _opt("Training data: local JSONL/CSV/parquet or Hub dataset id.", "--data"),
+    validation_data: Optional[str] = _opt("Validation data (machine-translated for stage 3).", "--validation-data"),
+    split: Optional[str] = _opt("Split of a Hub dataset. [default: train]", "--split"),
+    task_adapter: Optional[str] = _opt("Stage-1 English task adapter, merged into the base first.", "--task-adapter"),
+    fusion: Optional[str] = _opt("add_relu | add | mul | cross_attention | none. [default: add_relu]", "--fusion"),
+    target_modules: Optional[str] = _opt("LoRA targets, comma-separated, or all-linear. [default: q_proj,v_proj]", "--target-modules"),
+    fused_modules: Optional[str] = _opt("Targets that fuse the pivot. [default: q_proj,v_proj]", "--fused-modules"),
+    fused_layers: Optional[str] = _opt("Decoder layers that fuse, comma-separated. [default: all]", "--fused-layers"),
+    align: Optional[str] = _opt("Pivot alignment: end | start. [default: end]", "--align"),
+    source_norm: Optional[bool] = typer.Option(None, "--source-norm/--no-source-norm", help="Norm pivot states with the layer's input norm.", show_default=False),
+    r: Optional[int] = _opt("LoRA rank. [default: 8]", "--r", "--rank"),
+    lora_alpha: Optional[int] = _opt("LoRA alpha. [default: 16]", "--lora-alpha"),
+    lora_dropout: Optional[float] = _opt("LoRA dropout. [default: 0]", "--lora-dropout"),
+    learning_rate: Optional[float] = _opt("Learning rate. [default: 2e-5]", "--learning-rate", "--lr"),
+    batch_size: Optional[int] = _opt("Global batch size. [default: 32]", "--batch-size"),
+    micro_batch_size: Optional[int] = _opt("Per-step batch; the rest is gradient accumulation. [default: 8]", "--micro-batch-size"),
+    epochs: Optional[float] = _opt("Epochs. [default: 3]", "--epochs"),
+    max_steps: Optional[int] = _opt("Optimizer steps (overrides --epochs).", "--max-steps"),
+    warmup_ratio: Optional[float] = _opt("Linear warm-up share of the steps. [default: 0]", "--warmup-ratio"),
+    max_length: Optional[int] = _opt("Max prompt tokens (kept from the end). [default: 128]", "--max-length"),
+    seed: Optional[int] = _opt("Random seed. [default: 42]", "--seed"),
+    dtype: Optional[str] = _opt("auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU).", "--dtype"),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (fusion stays on).", show_default=False),
+    device_map: Optional[str] = _opt("transformers device_map, e.g. auto for big bases.", "--device-map"),
+    load_in_4bit: Optional[bool] = typer.Option(None, "--load-in-4bit", help="4-bit base via bitsandbytes (extra: quant).", show_default=False),
+    logging_steps: Optional[int] = _opt("Log every N steps. [default: 10]", "--logging-steps"),
+    eval_steps: Optional[int] = _opt("Validate every N steps. [default: a quarter of the run]", "--eval-steps"),
+    save_steps: Optional[int] = _opt("Checkpoint every N steps. [default: = eval steps]", "--save-steps"),
+    save_total_limit: Optional[int] = _opt("Checkpoints kept (the best is always kept). [default: 2]", "--save-total-limit"),
+    limit: Optional[int] = _opt("Use only the first N training rows.", "--limit"),
+    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Start over in a used output folder.", show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
+) -> None:
     """Train a LoRA, FLARE, input-fusion or FLARE-MT adapter."""
-    run_stage(lambda: _not_built("train", "the train stage"))
+    flags = {k: v for k, v in locals().items() if k not in ("config", "dry_run", "json_out")}
+
+    def stage():
+        from flare_cli import train as train_stage
+        from flare_cli.config import build_config, dump_yaml, public_dict, read_yaml
+
+        cfg = build_config(train_stage.TrainConfig, read_yaml(config), flags, source=config or "config")
+        if dry_run:
+            resolved = public_dict(cfg)
+            typer.echo(json.dumps(resolved, indent=2) if json_out else dump_yaml(resolved).rstrip())
+            return None
+        return train_stage.run(cfg, on_log=_training_progress())
+
+    result = run_stage(stage)
+    if result is None:
+        return
+    if json_out:
+        typer.echo(json.dumps({k: v for k, v in result.__dict__.items() if k != "log"}))
+    elif result.already_complete:
+        typer.echo(f"{result.output_dir}: already trained ({result.steps} steps); use --overwrite to train again")
+    else:
+        best = f", best validation loss {result.best_validation_loss:.4f} at step {result.best_step}" if result.best_step else ""
+        typer.echo(f"trained {result.method} adapter in {result.output_dir}: {result.steps} steps, "
+                   f"train loss {result.train_loss:.4f}{best} ({result.elapsed_s:.0f}s)")
+
+
+def _training_progress():
+    """A trainer_log callback that prints progress lines (step, loss, ETA) on stderr."""
+    console = _stderr_console()
+
+    def on_log(record: dict) -> None:
+        if "loss" in record:
+            console.print(
+                f"[dim]step[/] {record['step']}/{record['total_steps']}  [dim]loss[/] {record['loss']:.4f}  "
+                f"[dim]lr[/] {record['lr']:.2e}  [dim]epoch[/] {record['epoch']:.2f}  [dim]eta[/] {record['eta']:.0f}s",
+                highlight=False,
+            )
+        elif "eval_loss" in record:
+            console.print(f"[dim]step[/] {record['step']}  [cyan]validation loss[/] {record['eval_loss']:.4f}"
+                          + ("  [green]best[/]" if record["best"] else ""), highlight=False)
+        elif record.get("event") == "resume":
+            console.print(f"[yellow]resuming[/] from {record['checkpoint']}", highlight=False)
+
+    return on_log
 
 
 @app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

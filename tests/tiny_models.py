@@ -65,7 +65,7 @@ def tiny_tokenizer():
     )
 
 
-def tiny_llama(tokenizer, hidden=32, seed=0):
+def tiny_llama(tokenizer, hidden=32, seed=0, init_std=0.02):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -74,14 +74,15 @@ def tiny_llama(tokenizer, hidden=32, seed=0):
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=False, initializer_range=init_std,
     )
     return LlamaForCausalLM(config).eval()
 
 
-def save_base(folder: Path, hidden=32, seed=0):
+def save_base(folder: Path, hidden=32, seed=0, init_std=0.02):
+    # init_std well above 0.02 lets a tiny model's LM head move its logits (a learnable toy)
     tokenizer = tiny_tokenizer()
-    model = tiny_llama(tokenizer, hidden=hidden, seed=seed)
+    model = tiny_llama(tokenizer, hidden=hidden, seed=seed, init_std=init_std)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model, tokenizer
