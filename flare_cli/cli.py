@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
 
 import typer
 
@@ -88,10 +89,44 @@ def eval_() -> None:
     run_stage(lambda: _not_built("eval", "the eval stage"))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def merge() -> None:
+@app.command()
+def merge(
+    adapter: Path = typer.Option(..., "--adapter", help="Saved adapter folder (adapter_config.json + weights)."),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the merged model."),
+    base: Optional[str] = typer.Option(
+        None, "--base", help="Base model folder or Hub id (default: the adapter's base_model_name_or_path)."
+    ),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB."),
+    drop_pivot: bool = typer.Option(
+        False, "--drop-pivot", help="FLARE adapters only: write the pivot-less model (NOT the trained model)."
+    ),
+    dequantize: bool = typer.Option(False, "--dequantize", help="Allow a quantized (4-bit) base: merge into a dequantized copy."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --output-dir."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+) -> None:
     """Fold a LoRA adapter into its base (FLARE adapters are refused unless asked explicitly)."""
-    run_stage(lambda: _not_built("merge", "the merge stage"))
+    from flare_cli import export
+
+    cfg = export.MergeConfig(
+        adapter=adapter, output_dir=output_dir, base=base, max_shard_size=max_shard_size,
+        drop_pivot=drop_pivot, dequantize=dequantize, overwrite=overwrite,
+    )
+    result = run_stage(lambda: export.run(cfg))
+    for line in result.warnings:
+        _stderr_console().print(f"[bold yellow]warning:[/] {line}", highlight=False)
+    if json_out:
+        import json
+
+        payload = {
+            "output_dir": str(result.output_dir), "base_model": result.base_model, "method": result.method,
+            "dtype": result.dtype, "files": result.files, "dropped_pivot": result.dropped_pivot,
+            "warnings": result.warnings,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    shards = sum(1 for f in result.files if f.endswith(".safetensors"))
+    typer.echo(f"merged {result.method} adapter into {result.base_model} -> {result.output_dir} "
+               f"({result.dtype}, {shards} safetensors shard(s))")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
