@@ -216,3 +216,23 @@ def test_usage_errors(adapter, tmp_path):
     (tmp_path / "empty").mkdir()
     res = push("--folder", tmp_path / "empty", "--repo-id", REPO)
     assert res.exit_code == 2 and "neither a saved adapter" in err(res)
+
+
+def test_without_hf_xet_same_result(hub, adapter, monkeypatch):
+    """huggingface_hub's single-commit path (no hf_xet installed): create_commit + validate-yaml."""
+    import huggingface_hub._commit_api
+    import huggingface_hub.hf_api
+
+    monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
+    monkeypatch.setattr(huggingface_hub._commit_api, "is_xet_available", lambda: False)
+    res = push("--folder", adapter, "--repo-id", REPO, "--json")
+    assert res.exit_code == 0, res.output
+    assert set(hub.files(REPO)) == ADAPTER_FILES | {".gitattributes"}
+    assert "POST /api/validate-yaml" in hub.paths_hit()  # proof the legacy path ran
+    n_commits = len(hub.commits(REPO))
+    res = push("--folder", adapter, "--repo-id", REPO, "--json")
+    assert json.loads(res.stdout)["changed"] is False and len(hub.commits(REPO)) == n_commits
+    res = push("--folder", adapter, "--repo-id", REPO, "--create-pr", "--json")
+    assert res.exit_code == 0, res.output
+    # Nothing changed: no PR is opened either.
+    assert json.loads(res.stdout)["pr_url"] is None and hub.repos[REPO].prs == []
