@@ -198,3 +198,20 @@ def test_model_card_metadata(world, tmp_path):
     assert result["metrics"][0] == {"type": "exact_match", "value": 0.61}
     assert "facebook/nllb-200-distilled-600M" in card.text and "non-commercial" in card.text
     assert "load_flare_model" in card.text and "pivot-less model" in card.text
+
+
+def test_dequantize_without_bitsandbytes_is_one_line(world, tmp_path):
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes installed: the dequantize path would really run")
+    qbase = tmp_path / "qbase"
+    shutil.copytree(world["base"], qbase)
+    config = json.loads((qbase / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (qbase / "config.json").write_text(json.dumps(config))
+    res = merge("--adapter", world["lora"], "--output-dir", tmp_path / "m", "--base", qbase, "--dequantize")
+    assert res.exit_code == 1
+    assert err(res).startswith(f"error: cannot load base model {qbase}: ")
+    assert not (tmp_path / "m").exists()
