@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import typer
@@ -177,16 +178,91 @@ def eval_() -> None:
     run_stage(lambda: _not_built("eval", "the eval stage"))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def merge() -> None:
+@app.command()
+def merge(
+    adapter: Path = typer.Option(..., "--adapter", help="Saved adapter folder (adapter_config.json + weights)."),
+    output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the merged model."),
+    base: Optional[str] = typer.Option(
+        None, "--base", help="Base model folder or Hub id (default: the adapter's base_model_name_or_path)."
+    ),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB."),
+    drop_pivot: bool = typer.Option(
+        False, "--drop-pivot", help="FLARE adapters only: write the pivot-less model (NOT the trained model)."
+    ),
+    dequantize: bool = typer.Option(False, "--dequantize", help="Allow a quantized (4-bit) base: merge into a dequantized copy."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --output-dir."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+) -> None:
     """Fold a LoRA adapter into its base (FLARE adapters are refused unless asked explicitly)."""
-    run_stage(lambda: _not_built("merge", "the merge stage"))
+    from flare_cli import export
+
+    cfg = export.MergeConfig(
+        adapter=adapter, output_dir=output_dir, base=base, max_shard_size=max_shard_size,
+        drop_pivot=drop_pivot, dequantize=dequantize, overwrite=overwrite,
+    )
+    result = run_stage(lambda: export.run(cfg))
+    for line in result.warnings:
+        _stderr_console().print(f"[bold yellow]warning:[/] {line}", highlight=False)
+    if json_out:
+        import json
+
+        payload = {
+            "output_dir": str(result.output_dir), "base_model": result.base_model, "method": result.method,
+            "dtype": result.dtype, "files": result.files, "dropped_pivot": result.dropped_pivot,
+            "warnings": result.warnings,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    shards = sum(1 for f in result.files if f.endswith(".safetensors"))
+    typer.echo(f"merged {result.method} adapter into {result.base_model} -> {result.output_dir} "
+               f"({result.dtype}, {shards} safetensors shard(s))")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def push() -> None:
+@app.command()
+def push(
+    folder: Path = typer.Option(..., "--folder", help="Adapter folder or merged-model folder to upload."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Target repository, user/name or org/name."),
+    private: Optional[bool] = typer.Option(
+        None, "--private/--public", help="Visibility of a new repo (default: the namespace's default)."
+    ),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to; created if missing."),
+    create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request instead of committing to main."),
+    commit_message: Optional[str] = typer.Option(None, "--commit-message", "-m", help="Commit message."),
+    token: Optional[str] = typer.Option(
+        None, "--token", help="Hub token (default: HF_TOKEN, then the stored login). Never printed.",
+        show_default=False,
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the files and the card; contact nobody."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
+) -> None:
     """Publish an adapter or merged model folder to the Hugging Face Hub."""
-    run_stage(lambda: _not_built("push", "the push stage"))
+    import json
+    from dataclasses import asdict
+
+    from flare_cli import hub
+
+    cfg = hub.PushConfig(
+        folder=folder, repo_id=repo_id, token=token, private=private, revision=revision,
+        create_pr=create_pr, commit_message=commit_message, dry_run=dry_run,
+    )
+    result = run_stage(lambda: hub.run(cfg))
+    if json_out:
+        typer.echo(json.dumps(asdict(result), indent=2, default=str))
+        return
+    if result.dry_run:
+        typer.echo(f"dry run: would upload {len(result.files)} file(s) of this {result.kind} to {result.repo_id}:")
+        for name in result.files:
+            typer.echo(f"  {name}")
+        typer.echo("--- README.md ---")
+        typer.echo(result.card)
+        return
+    if result.card_written:
+        _stderr_console().print(f"wrote the model card to {folder / 'README.md'}", highlight=False)
+    target = result.pr_url or result.commit_url
+    if result.changed:
+        typer.echo(f"pushed {result.kind} to {result.repo_id} ({result.revision}): {target}")
+    else:
+        typer.echo(f"{result.repo_id} ({result.revision}) is up to date; no commit made: {target}")
 
 
 @app.command("env")

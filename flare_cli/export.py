@@ -1,0 +1,511 @@
+"""Exports: fold a LoRA adapter into its base (`flare merge`) and write honest model cards.
+
+A FLARE adapter's output depends on the English pivot, so it does not fold into W (see
+docs/export.md). `merge` refuses it unless the caller asks for the pivot-less model explicitly,
+and then says so in the result and in the card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flare_cli import __version__
+from flare_cli.errors import ConfigError, DataError, MergeError, ModelError
+
+FLARE_METHODS = frozenset({"flare", "flare-mt"})
+# Tensors only FLARE layers use; plain peft ignores them (the pivot-less model).
+FLARE_TENSOR_MARKER = "lora_flare_"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Task key -> Hub pipeline task used in model-index.
+_HUB_TASK = {"qa": "question-answering", "nli": "text-classification", "sentiment": "text-classification"}
+_NON_COMMERCIAL_MT = ("nllb",)  # NLLB-200 weights are CC-BY-NC-4.0
+
+
+@dataclass
+class MergeConfig:
+    adapter: Path
+    output_dir: Path
+    base: str | None = None  # overrides adapter_config.json base_model_name_or_path
+    max_shard_size: str = "5GB"
+    drop_pivot: bool = False
+    dequantize: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class MergeResult:
+    output_dir: Path
+    base_model: str
+    method: str
+    dtype: str
+    files: list[str]
+    dropped_pivot: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- adapter folder
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err})") from None
+
+
+def read_flare_config(folder: Path) -> dict:
+    """The adapter's flare_config.json, or {} for a folder without one (plain LoRA)."""
+    path = Path(folder) / "flare_config.json"
+    if not path.exists():
+        return {}
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object")
+    return data
+
+
+def is_flare_adapter(folder: Path) -> bool:
+    return read_flare_config(folder).get("method") in FLARE_METHODS
+
+
+def _check_adapter_folder(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise DataError(f"adapter folder {folder} does not exist")
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise DataError(f"{folder} is not a saved adapter: missing {', '.join(missing)}")
+    config = read_json(folder / "adapter_config.json")
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise DataError(f"{folder / 'adapter_config.json'} is not a LoRA adapter config")
+    return config
+
+
+def _flare_refusal(folder: Path, flare: dict) -> str:
+    fusion = flare.get("fusion", "?")
+    return (
+        f"{folder} is a FLARE adapter (method {flare.get('method')}, fusion {fusion}): its output depends on "
+        "the English pivot, so it cannot be folded into the base weights; publish the adapter itself "
+        "(`flare push --folder ADAPTER`), or pass --drop-pivot to write the pivot-less model, which is NOT "
+        "the trained model"
+    )
+
+
+# --------------------------------------------------------------------------- base model
+
+
+def _load_base_config(base: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(base)
+    except (OSError, ValueError) as err:
+        if Path(base).exists():
+            raise ModelError(f"cannot read the base model config in {base}: {_first_line(err)}") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else _first_line(err)
+        raise ModelError(f"cannot load base model {base!r} ({why}); pass --base with a local folder") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _dtype_of(config) -> "Any":
+    """The dtype the base was saved in; fp32 only when the config names none (the HF default)."""
+    import torch
+
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    quant = getattr(config, "quantization_config", None)
+    if quant is not None:  # a quantized base computes in its compute dtype
+        compute = quant.get("bnb_4bit_compute_dtype") if isinstance(quant, dict) else None
+        dtype = compute or dtype
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, str):
+        return getattr(torch, dtype.replace("torch.", ""))
+    return dtype
+
+
+def _is_quantized(config) -> bool:
+    return getattr(config, "quantization_config", None) is not None
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def run(cfg: MergeConfig) -> MergeResult:
+    """Fold a LoRA adapter into its base and save a full model folder (atomic)."""
+    adapter = Path(cfg.adapter)
+    adapter_config = _check_adapter_folder(adapter)
+    flare = read_flare_config(adapter)
+    method = flare.get("method", "lora")
+    is_flare = method in FLARE_METHODS
+    if is_flare and not cfg.drop_pivot:
+        raise MergeError(_flare_refusal(adapter, flare))
+    if cfg.drop_pivot and not is_flare:
+        raise ConfigError(f"--drop-pivot is only for FLARE adapters; {adapter} is a plain LoRA adapter ({method})")
+
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ConfigError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if out.resolve() == adapter.resolve():
+        raise ConfigError("--output-dir must differ from --adapter")
+
+    base = cfg.base or adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{adapter / 'adapter_config.json'} names no base model; pass --base")
+    base_config = _load_base_config(base)
+    if _is_quantized(base_config) and not cfg.dequantize:
+        raise MergeError(
+            f"base model {base} is quantized (quantization_config in its config): merging into 4-bit weights "
+            "loses the adapter; pass --dequantize to merge into a dequantized copy"
+        )
+    dtype = _dtype_of(base_config)
+
+    warnings: list[str] = []
+    if cfg.drop_pivot:
+        warnings.append(
+            f"--drop-pivot: the merged model drops the English pivot path of this {method} adapter; "
+            "it is NOT the trained model (run `flare eval` on both to measure the difference)"
+        )
+
+    lora_config, lora_state = _read_lora(adapter)  # before the (slow) base load: fail fast
+    model = _load_base(base, dtype, dequantize=_is_quantized(base_config))
+    merged = _fold_adapter(model, adapter, lora_config, lora_state)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        try:
+            merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)
+        except ValueError as err:
+            raise ConfigError(f"bad --max-shard-size {cfg.max_shard_size!r}: {_first_line(err)}") from None
+        _copy_tokenizer(adapter, base, tmp)
+        card = build_model_card(
+            adapter, base_model=base, relation="merge", dropped_pivot=cfg.drop_pivot, merged_dtype=str(dtype)
+        )
+        card.save(tmp / "README.md")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    return MergeResult(
+        output_dir=out,
+        base_model=base,
+        method=method,
+        dtype=str(dtype).replace("torch.", ""),
+        files=files,
+        dropped_pivot=cfg.drop_pivot,
+        warnings=warnings,
+    )
+
+
+def _load_base(base: str, dtype, *, dequantize: bool):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        if dequantize:
+            model = model.dequantize()
+    except ImportError as err:  # e.g. bitsandbytes missing for a quantized base
+        raise ModelError(f"cannot load base model {base}: {_first_line(err)}") from None
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelError(f"cannot load base model {base}: {_first_line(err)}") from None
+    return model
+
+
+def _read_lora(adapter: Path):
+    """The LoRA config and the plain LoRA tensors (never the lora_flare_* ones)."""
+    from peft import LoraConfig
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        lora_config = LoraConfig.from_pretrained(str(adapter))
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{adapter / 'adapter_config.json'}: {_first_line(err)}") from None
+    try:
+        state = load_file(str(adapter / "adapter_model.safetensors"))
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{adapter / 'adapter_model.safetensors'} is corrupt: {_first_line(err)}") from None
+    state = {k: v for k, v in state.items() if FLARE_TENSOR_MARKER not in k}
+    if not state:
+        raise DataError(f"{adapter / 'adapter_model.safetensors'} holds no LoRA tensors")
+    return lora_config, state
+
+
+def _fold_adapter(model, adapter: Path, lora_config, state: dict):
+    """Load the LoRA tensors into a fresh peft wrapper and merge them into W.
+
+    Loading by hand instead of PeftModel.from_pretrained lets us skip lora_flare_* tensors and
+    refuse an adapter whose tensors do not match the base instead of merging peft's fresh init.
+    """
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    try:
+        peft_model = get_peft_model(model, lora_config)
+        result = set_peft_model_state_dict(peft_model, state)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise ModelError(f"adapter {adapter} does not fit its base: {_first_line(err)}") from None
+    if result.unexpected_keys:
+        raise ModelError(
+            f"adapter {adapter} does not fit its base: {len(result.unexpected_keys)} unused tensors "
+            f"(first: {result.unexpected_keys[0]})"
+        )
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing:
+        raise ModelError(f"adapter {adapter} lacks {len(missing)} LoRA tensors (first: {missing[0]})")
+    return peft_model.merge_and_unload(safe_merge=True)
+
+
+def _copy_tokenizer(adapter: Path, base: str, dest: Path) -> None:
+    """Tokenizer (with its chat template) from the adapter folder when it has one, else from the base."""
+    from transformers import AutoTokenizer
+
+    has_own = any((adapter / n).exists() for n in ("tokenizer_config.json", "tokenizer.json", "tokenizer.model"))
+    source = str(adapter) if has_own else base
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load the tokenizer from {source}: {_first_line(err)}") from None
+    tokenizer.save_pretrained(dest)
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Put `new` at `out`; an old `out` is moved aside first and removed only after the swap."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    path = Path(folder) / "metrics.json"
+    if not path.exists():
+        return []
+    data = read_json(path)
+    rows = data if isinstance(data, list) else [data]
+    if not all(isinstance(r, dict) and "metric" in r and "value" in r for r in rows):
+        raise DataError(f"{path}: each entry needs 'metric' and 'value'")
+    return rows
+
+
+def uses_non_commercial_mt(flare: dict) -> str | None:
+    """The MT model named in flare_config.json when its licence is non-commercial (NLLB)."""
+    for key in ("mt_model", "translate_model"):
+        name = flare.get(key)
+        if isinstance(name, str) and any(tag in name.lower() for tag in _NON_COMMERCIAL_MT):
+            return name
+    return None
+
+
+def build_model_card(
+    folder: Path,
+    *,
+    base_model: str | None = None,
+    relation: str = "adapter",
+    dropped_pivot: bool = False,
+    merged_dtype: str | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
+):
+    """A README.md for an adapter folder (relation "adapter") or a model merged from it ("merge").
+
+    `folder` is the adapter folder: its adapter_config.json, flare_config.json and metrics.json
+    supply the metadata. `flare train` calls this to write README.md next to a new adapter.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    folder = Path(folder)
+    if relation not in {"adapter", "merge"}:
+        raise ValueError(f"relation must be 'adapter' or 'merge', not {relation!r}")
+    adapter_config = read_json(folder / "adapter_config.json") if (folder / "adapter_config.json").exists() else {}
+    flare = read_flare_config(folder)
+    metrics = read_metrics(folder)
+    method = flare.get("method", "lora")
+    task = flare.get("task")
+    lang = flare.get("lang")
+    base = base_model or flare.get("base_model") or adapter_config.get("base_model_name_or_path")
+    nc_mt = uses_non_commercial_mt(flare)
+    license = license or flare.get("license") or ("cc-by-nc-4.0" if nc_mt else None)
+    name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+
+    tags = ["flare", "lora", "cross-lingual"] + ([task] if task else []) + ([method] if method != "lora" else [])
+    if relation == "merge":
+        tags.append("merged")
+    eval_results = [_eval_result(EvalResult, row, task, lang) for row in metrics] or None
+    datasets = flare.get("datasets")
+    data = ModelCardData(
+        base_model=base,
+        base_model_relation=relation,
+        library_name="peft" if relation == "adapter" else "transformers",
+        language=[lang] if lang else None,
+        license=license,
+        tags=list(dict.fromkeys(tags)),
+        datasets=datasets if datasets else None,
+        model_name=name,
+        eval_results=eval_results,
+    )
+    body = _card_body(
+        name=name,
+        repo_id=repo_id or str(folder),
+        base=base,
+        relation=relation,
+        method=method,
+        flare=flare,
+        adapter_config=adapter_config,
+        metrics=metrics,
+        nc_mt=nc_mt,
+        dropped_pivot=dropped_pivot,
+        merged_dtype=merged_dtype,
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _eval_result(EvalResult, row: dict, task: str | None, lang: str | None):
+    row_task = row.get("task") or task or "task"
+    row_lang = row.get("lang") or lang
+    dataset = row.get("dataset") or f"flare-{row_task}" + (f"-{row_lang}" if row_lang else "")
+    return EvalResult(
+        task_type=_HUB_TASK.get(row_task, row_task),
+        dataset_type=dataset,
+        dataset_name=row.get("dataset_name") or dataset,
+        dataset_split=row.get("split", "test"),
+        metric_type=str(row["metric"]),
+        metric_value=row["value"],
+    )
+
+
+def _card_body(
+    *, name, repo_id, base, relation, method, flare, adapter_config, metrics, nc_mt, dropped_pivot, merged_dtype
+) -> str:
+    is_flare = method in FLARE_METHODS
+    fusion = flare.get("fusion")
+    lines = [f"# {name}", ""]
+    what = {
+        "flare": f"a FLARE adapter (LoRA whose bottleneck fuses the English pivot, fusion `{fusion}`)",
+        "flare-mt": f"a FLARE-MT adapter (fuses the MT encoder's pivot states, fusion `{fusion}`)",
+        "input-fusion": "a LoRA adapter trained with input-level fusion (English and target text in one prompt)",
+        "lora": "a LoRA adapter",
+    }.get(method, f"a `{method}` adapter")
+    task, lang = flare.get("task"), flare.get("lang")
+    on = f" for `{task}`" if task else ""
+    on += f" in `{lang}`" if lang else ""
+    if relation == "adapter":
+        version = flare.get("flare_cli_version")
+        made_with = f", trained with flare_cli {version}" if version else ""
+        lines.append(f"This is {what}{on}, on top of `{base}`{made_with}.")
+    else:
+        lines.append(f"This is `{base}` with {what}{on} merged into its weights (dtype `{merged_dtype}`).")
+    lines.append("")
+
+    if relation == "merge" and dropped_pivot:
+        lines += [
+            "## Warning: this is NOT the trained model",
+            "",
+            f"The adapter was trained with FLARE ({method}); its LoRA output depends on the English pivot, "
+            "which a merged model cannot receive. This model was written with `flare merge --drop-pivot`: "
+            "the pivot path is dropped, so it behaves differently from the trained adapter. Evaluate it with "
+            "`flare eval` before use; the faithful export is the standalone adapter.",
+            "",
+        ]
+        if fusion == "add":
+            lines += [
+                "With fusion `add` the adapted layer computes (W + sBA)u + sBA h, where u is the target-language "
+                "input and h the pivot. The merged weights reproduce (W + sBA)u exactly; the pivot term sBA h "
+                "is what is dropped.",
+                "",
+            ]
+        else:
+            lines += [
+                f"With fusion `{fusion}` the adapter is not linear in its input, so no part of the trained "
+                "layer is reproduced exactly; the merged weights are W + sBA only.",
+                "",
+            ]
+
+    lines += ["## How to use", ""]
+    if relation == "merge":
+        lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+                  f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", ""]
+    elif is_flare:
+        lines += [
+            "Load it with flare_cli, which reads `flare_config.json` and restores the pivot fusion:",
+            "",
+            "```bash",
+            f"flare eval --adapter {repo_id} --task {task or 'TASK'} --lang {lang or 'LANG'}",
+            "```",
+            "",
+            "```python",
+            "from flare_cli.flare.model import load_flare_model",
+            "",
+            f'model = load_flare_model("{base}", "{repo_id}")',
+            "```",
+            "",
+            "Plain `peft` (`PeftModel.from_pretrained`) loads only the LoRA matrices and ignores the "
+            "`lora_flare_*` tensors and the pivot: that gives the pivot-less model, not the trained one.",
+            "",
+        ]
+    else:
+        lines += [
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+            f'model = PeftModel.from_pretrained(base, "{repo_id}")',
+            "```",
+            "",
+            f"or `flare eval --adapter {repo_id}`; `flare merge` folds it into a standalone model.",
+            "",
+        ]
+
+    if adapter_config:
+        lines += ["## Training setup", ""]
+        for key, label in (("r", "LoRA rank"), ("lora_alpha", "LoRA alpha"), ("target_modules", "target modules")):
+            if adapter_config.get(key) is not None:
+                value = adapter_config[key]
+                value = ", ".join(sorted(value)) if isinstance(value, list) else value
+                lines.append(f"- {label}: {value}")
+        for key in ("fusion", "fused_modules", "align", "mt_model", "translate_model"):
+            if flare.get(key):
+                value = flare[key]
+                lines.append(f"- {key}: {', '.join(value) if isinstance(value, list) else value}")
+        lines.append("")
+
+    if metrics:
+        lines += ["## Evaluation", "", "| task | lang | method | metric | value | n |", "|---|---|---|---|---|---|"]
+        for row in metrics:
+            lines.append(
+                f"| {row.get('task', task or '')} | {row.get('lang', lang or '')} | {row.get('method', method)} "
+                f"| {row['metric']} | {row['value']} | {row.get('n', '')} |"
+            )
+        lines.append("")
+
+    lines += ["## License", ""]
+    if nc_mt:
+        lines.append(
+            f"The training data was machine-translated with `{nc_mt}`, whose weights are licensed CC-BY-NC-4.0 "
+            "(non-commercial). This card therefore declares `cc-by-nc-4.0`; check the base model's licence "
+            "and the MT licence before any commercial use."
+        )
+    else:
+        lines.append("The base model's licence applies to this model as well.")
+    lines += ["", f"Card written by flare_cli {__version__} (FLARE: Borchert et al., ACL 2025).", ""]
+    return "\n".join(lines)
