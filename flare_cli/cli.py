@@ -46,7 +46,10 @@ def run_stage(fn: Callable[[], T]) -> T:
     except FlareError as err:
         if os.environ.get("FLARE_DEBUG"):
             raise
-        _stderr_console().print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+        # soft_wrap: one line whatever the terminal width (CI logs, grep)
+        from rich.markup import escape
+
+        _stderr_console().print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=err.exit_code) from None
     except KeyboardInterrupt:
         _stderr_console().print("[yellow]interrupted[/]; partial work is kept and resumable")
