@@ -434,7 +434,8 @@ def _check_rows(rows: list[dict], fields: tuple[str, ...], needs_answer: bool, n
         raise DataError(f"{name}: {len(rows) - with_id} rows have no 'id' while others do")
 
 
-def run(cfg: TranslateConfig, progress: ProgressSink | None = None) -> TranslateResult:
+def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFTranslator | None" = None) -> TranslateResult:
+    """Translate `cfg.input` into `cfg.output` (+ `<output>.meta.json`); `engine` overrides the HF engine."""
     started = time.perf_counter()
     fields, src, tgt = _validate(cfg)
     out_fmt = _output_format(cfg.output)
@@ -447,7 +448,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None) -> Translate
 
     out_dir = Path.cwd() if cfg.output == "-" else Path(cfg.output).resolve().parent
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / ".flare_cache"
-    engine = HFTranslator(cfg.mt_model, cfg.revision, cfg.device, cfg.device_map)
+    engine = engine or HFTranslator(cfg.mt_model, cfg.revision, cfg.device, cfg.device_map)
     engine.lang_code(src), engine.lang_code(tgt)  # fail before any work if the model lacks a language
 
     with TranslationCache(cache_dir / "translations.sqlite") as cache:
@@ -468,7 +469,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None) -> Translate
         meta = {
             "flare_cli_version": __version__,
             "engine": engine.engine,
-            "mt_model": cfg.mt_model,
+            "mt_model": engine.model_id,
             "revision": mt.identity,
             "direction": cfg.direction,
             "task": cfg.task,
