@@ -155,7 +155,7 @@ def translate(
         with Progress(*columns, console=console, transient=True) as progress:
             result = run_stage(lambda: stage.run(cfg, progress=_RichTranslateProgress(progress)))
     # stdout carries the data when --output is '-', so the summary goes to stderr then.
-    say = (lambda text: console.print(text, highlight=False, markup=False)) if output == "-" else typer.echo
+    say = (lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)) if output == "-" else typer.echo
     if json_out:
         say(json.dumps(dataclasses.asdict(result)))
         return
@@ -169,7 +169,7 @@ def translate(
         console.print(
             f"[yellow]warning:[/] {result.projection_failed} rows failed answer projection ({what}); "
             f"first ids: {', '.join(result.projection_failed_ids[:5])}",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
 
 
