@@ -326,8 +326,10 @@ class _Translator:
         self.cfg, self.engine, self.cache = cfg, engine, cache
         self.src, self.tgt, self.progress = src, tgt, progress
         self.identity = engine.identity()
-        self.translated = self.hits = self.tokens = self.batches = 0
+        self.translated = self.tokens = self.batches = 0
         self.segment_keys: set[str] = set()
+        self.hit_keys: set[str] = set()
+        self.translated_keys: set[str] = set()
         kill_after = os.environ.get(KILL_AFTER_BATCHES_ENV)
         self.kill_after = int(kill_after) if kill_after else None
 
@@ -347,7 +349,7 @@ class _Translator:
         self.segment_keys.update(keys.values())
         found = self.cache.get_many(list(keys.values()))
         pending = [s for s, k in keys.items() if k not in found]
-        self.hits += len(keys) - len(pending)
+        self.hit_keys.update(k for k in keys.values() if k in found)
         if pending:
             found.update(self._run_batches(pending, keys))
         result = {t: " ".join(found[keys[s]] for s in segs) for t, segs in segments_of.items()}
@@ -367,6 +369,7 @@ class _Translator:
             )
             self.cache.put_many([(keys[s], out) for s, out in zip(batch, outputs)])
             done.update({keys[s]: out for s, out in zip(batch, outputs)})
+            self.translated_keys.update(keys[s] for s in batch)
             self.translated += len(batch)
             self.tokens += generated
             self.batches += 1
@@ -434,7 +437,8 @@ def _check_rows(rows: list[dict], fields: tuple[str, ...], needs_answer: bool, n
         raise DataError(f"{name}: {len(rows) - with_id} rows have no 'id' while others do")
 
 
-def run(cfg: TranslateConfig, progress: ProgressSink | None = None) -> TranslateResult:
+def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFTranslator | None" = None) -> TranslateResult:
+    """Translate `cfg.input` into `cfg.output` (+ `<output>.meta.json`); `engine` overrides the HF engine."""
     started = time.perf_counter()
     fields, src, tgt = _validate(cfg)
     out_fmt = _output_format(cfg.output)
@@ -447,7 +451,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None) -> Translate
 
     out_dir = Path.cwd() if cfg.output == "-" else Path(cfg.output).resolve().parent
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / ".flare_cache"
-    engine = HFTranslator(cfg.mt_model, cfg.revision, cfg.device, cfg.device_map)
+    engine = engine or HFTranslator(cfg.mt_model, cfg.revision, cfg.device, cfg.device_map)
     engine.lang_code(src), engine.lang_code(tgt)  # fail before any work if the model lacks a language
 
     with TranslationCache(cache_dir / "translations.sqlite") as cache:
@@ -468,7 +472,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None) -> Translate
         meta = {
             "flare_cli_version": __version__,
             "engine": engine.engine,
-            "mt_model": cfg.mt_model,
+            "mt_model": engine.model_id,
             "revision": mt.identity,
             "direction": cfg.direction,
             "task": cfg.task,
@@ -488,7 +492,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None) -> Translate
     return TranslateResult(
         output=cfg.output, meta_path=meta_path, src=src.flores, tgt=tgt.flores, rows_in=len(rows),
         rows_out=len(out_rows), segments=len(mt.segment_keys), translated=mt.translated,
-        cache_hits=mt.hits, generated_tokens=mt.tokens, seconds=time.perf_counter() - started,
+        cache_hits=len(mt.hit_keys - mt.translated_keys), generated_tokens=mt.tokens, seconds=time.perf_counter() - started,
         projection_failed=len(failed_ids), projection_failed_ids=failed_ids[:20],
     )
 
