@@ -249,3 +249,43 @@ def test_config_errors(saved, tmp_path):
         run(EvalConfig(adapter=str(saved / "base"), data=data))
     with pytest.raises(ConfigError, match="which task"):
         run(EvalConfig(base=str(saved / "base"), lang="sw", data=data))
+
+
+# -- the command --------------------------------------------------------------------------------
+def test_cli_eval_json_and_compare_table(saved, tmp_path):
+    from typer.testing import CliRunner
+
+    from flare_cli.cli import app
+
+    runner = CliRunner()
+    data = str(saved / "test.sw.jsonl")
+    single = runner.invoke(app, ["eval", "--adapter", str(saved / "adapter"), "--data", data, "-o",
+                                 str(tmp_path / "one"), "--max-new-tokens", "4", "--json"])
+    assert single.exit_code == 0, single.output
+    metrics = json.loads(single.stdout)
+    assert metrics == json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert "exact_match" in single.stderr  # the table goes to stderr
+
+    compared = runner.invoke(app, ["eval", "--compare", str(saved / "adapter"), "--method", "lora", "--method",
+                                   "input-fusion", "--data", data, "-o", str(tmp_path / "cmp"),
+                                   "--max-new-tokens", "4", "--json"])
+    assert compared.exit_code == 0, compared.output
+    both = json.loads(compared.stdout)
+    assert [m["method"] for m in both] == ["lora", "input-fusion"]
+    assert (tmp_path / "cmp" / "adapter-lora" / "metrics.json").is_file()
+    assert (tmp_path / "cmp" / "adapter-input-fusion" / "predictions.jsonl").is_file()
+    assert both[0]["exact_match"] == metrics["exact_match"]
+
+
+def test_cli_eval_bad_data_is_exit_2_with_one_line(saved, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flare_cli.cli import app
+
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps stderr at the terminal width
+
+    missing = tmp_path / "nope.jsonl"
+    result = CliRunner().invoke(app, ["eval", "--adapter", str(saved / "adapter"), "--data", str(missing)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {missing}: no such file"
+    assert result.stdout == ""
