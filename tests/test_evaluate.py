@@ -289,3 +289,36 @@ def test_cli_eval_bad_data_is_exit_2_with_one_line(saved, tmp_path, monkeypatch)
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: {missing}: no such file"
     assert result.stdout == ""
+
+
+def test_flare_model_generation_equals_fused_full_forward(tiny):
+    """The real FlareModel (flare_cli.flare, landing separately): cached, batched, left-padded
+    generation equals an uncached full forward that fuses the prompt positions only."""
+    flare = pytest.importorskip("flare_cli.flare")
+    lm, tokenizer = tiny_llama(tiny_tokenizer()), tiny[1]
+    model = flare.get_flare_model(lm, flare.FlareConfig(method="flare", r=4, lora_alpha=8))
+    torch.manual_seed(3)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B = 0 at init would make fusion invisible
+            torch.nn.init.normal_(param, std=0.5)
+    model.eval()
+    expected = []
+    for prompt, pivot in zip(PROMPTS, PIVOTS):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        pivot_ids = tokenizer(pivot, return_tensors="pt")["input_ids"]
+        n_prompt = ids.shape[1]
+        for _ in range(10):
+            prompt_mask = torch.zeros_like(ids)
+            prompt_mask[:, :n_prompt] = 1
+            with torch.no_grad():
+                logits = model(ids, torch.ones_like(ids), prompt_mask=prompt_mask, pivot_input_ids=pivot_ids,
+                               pivot_attention_mask=torch.ones_like(pivot_ids)).logits
+            next_id = logits[0, -1].argmax().item()
+            ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+            if next_id == tokenizer.eos_token_id:
+                break
+        expected.append(tokenizer.decode(ids[0, n_prompt:], skip_special_tokens=True).split("\n", 1)[0])
+    got = generate_answers(model, tokenizer, PROMPTS, pivots=PIVOTS, max_new_tokens=10, batch_size=3)
+    assert got == expected
+    other_pivots = [PIVOTS[2], PIVOTS[0], PIVOTS[1]]
+    assert got != generate_answers(model, tokenizer, PROMPTS, pivots=other_pivots, max_new_tokens=10, batch_size=3)
