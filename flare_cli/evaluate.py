@@ -262,6 +262,8 @@ class _Resolved:
 
 def _resolve(cfg: EvalConfig) -> _Resolved:
     settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
+    # Provenance keys sit at the top level (architecture.md) or under "meta" (FlareConfig.to_dict).
+    settings = {**settings.get("meta", {}), **settings}
     method = cfg.method or settings.get("method") or ("lora" if cfg.adapter else "zero-shot")
     if method == "flare-mt":
         raise ConfigError("evaluating flare-mt adapters is not supported by `flare eval` yet")

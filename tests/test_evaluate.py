@@ -249,3 +249,76 @@ def test_config_errors(saved, tmp_path):
         run(EvalConfig(adapter=str(saved / "base"), data=data))
     with pytest.raises(ConfigError, match="which task"):
         run(EvalConfig(base=str(saved / "base"), lang="sw", data=data))
+
+
+# -- the command --------------------------------------------------------------------------------
+def test_cli_eval_json_and_compare_table(saved, tmp_path):
+    from typer.testing import CliRunner
+
+    from flare_cli.cli import app
+
+    runner = CliRunner()
+    data = str(saved / "test.sw.jsonl")
+    single = runner.invoke(app, ["eval", "--adapter", str(saved / "adapter"), "--data", data, "-o",
+                                 str(tmp_path / "one"), "--max-new-tokens", "4", "--json"])
+    assert single.exit_code == 0, single.output
+    metrics = json.loads(single.stdout)
+    assert metrics == json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert "exact_match" in single.stderr  # the table goes to stderr
+
+    compared = runner.invoke(app, ["eval", "--compare", str(saved / "adapter"), "--method", "lora", "--method",
+                                   "input-fusion", "--data", data, "-o", str(tmp_path / "cmp"),
+                                   "--max-new-tokens", "4", "--json"])
+    assert compared.exit_code == 0, compared.output
+    both = json.loads(compared.stdout)
+    assert [m["method"] for m in both] == ["lora", "input-fusion"]
+    assert (tmp_path / "cmp" / "adapter-lora" / "metrics.json").is_file()
+    assert (tmp_path / "cmp" / "adapter-input-fusion" / "predictions.jsonl").is_file()
+    assert both[0]["exact_match"] == metrics["exact_match"]
+
+
+def test_cli_eval_bad_data_is_exit_2_with_one_line(saved, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flare_cli.cli import app
+
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps stderr at the terminal width
+
+    missing = tmp_path / "nope.jsonl"
+    result = CliRunner().invoke(app, ["eval", "--adapter", str(saved / "adapter"), "--data", str(missing)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {missing}: no such file"
+    assert result.stdout == ""
+
+
+def test_flare_model_generation_equals_fused_full_forward(tiny):
+    """The real FlareModel (flare_cli.flare, landing separately): cached, batched, left-padded
+    generation equals an uncached full forward that fuses the prompt positions only."""
+    flare = pytest.importorskip("flare_cli.flare")
+    lm, tokenizer = tiny_llama(tiny_tokenizer()), tiny[1]
+    model = flare.get_flare_model(lm, flare.FlareConfig(method="flare", r=4, lora_alpha=8))
+    torch.manual_seed(3)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B = 0 at init would make fusion invisible
+            torch.nn.init.normal_(param, std=0.5)
+    model.eval()
+    expected = []
+    for prompt, pivot in zip(PROMPTS, PIVOTS):
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        pivot_ids = tokenizer(pivot, return_tensors="pt")["input_ids"]
+        n_prompt = ids.shape[1]
+        for _ in range(10):
+            prompt_mask = torch.zeros_like(ids)
+            prompt_mask[:, :n_prompt] = 1
+            with torch.no_grad():
+                logits = model(ids, torch.ones_like(ids), prompt_mask=prompt_mask, pivot_input_ids=pivot_ids,
+                               pivot_attention_mask=torch.ones_like(pivot_ids)).logits
+            next_id = logits[0, -1].argmax().item()
+            ids = torch.cat([ids, torch.tensor([[next_id]])], dim=1)
+            if next_id == tokenizer.eos_token_id:
+                break
+        expected.append(tokenizer.decode(ids[0, n_prompt:], skip_special_tokens=True).split("\n", 1)[0])
+    got = generate_answers(model, tokenizer, PROMPTS, pivots=PIVOTS, max_new_tokens=10, batch_size=3)
+    assert got == expected
+    other_pivots = [PIVOTS[2], PIVOTS[0], PIVOTS[1]]
+    assert got != generate_answers(model, tokenizer, PROMPTS, pivots=other_pivots, max_new_tokens=10, batch_size=3)
