@@ -210,25 +210,9 @@ def _adapter_base(adapter_dir: str) -> Optional[str]:
 
 
 def _load_base(name_or_path: str, task_adapter: Optional[str], dtype: str):
-    try:
-        from flare_cli.modeling import load_base_model
-    except ImportError:
-        return _load_base_with_transformers(name_or_path, task_adapter, dtype)
+    from flare_cli.modeling import load_base_model
+
     return load_base_model(name_or_path, task_adapter=task_adapter, dtype=dtype)
-
-
-def _load_base_with_transformers(name_or_path: str, task_adapter: Optional[str], dtype: str):
-    """Base model (+ merged stage-1 LoRA) with plain transformers/peft, until flare_cli.modeling exists."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    except OSError as err:
-        raise ModelError(f"cannot load base model {name_or_path!r} ({str(err).splitlines()[0]})") from None
-    if task_adapter:
-        model = _attach_lora(model, task_adapter).merge_and_unload()
-    return model, tokenizer
 
 
 def _attach_lora(model, adapter_dir: str):
