@@ -23,6 +23,7 @@ class MTSettings:
     batch: int = 32
     lr: float = 3e-3
     warmup: int = 50
+    init_std: float = 0.02
 
 
 def _encode(tokenizer, sources: list[str], targets: list[str], src: str, tgt: str):
@@ -56,6 +57,7 @@ def train_mt(
         attention_dropout=0.0,
         activation_dropout=0.0,
         scale_embedding=True,
+        init_std=settings.init_std,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
