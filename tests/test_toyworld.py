@@ -1,0 +1,255 @@
+"""The toy world: deterministic generation, the target grammar, tokenizers, a quick build, the cache."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from collections import Counter
+
+import pytest
+
+from flare_cli.errors import ConfigError
+from flare_cli.tasks.templates import NLI_LABELS, SENTIMENT_LABELS
+from flare_cli.toyworld import TARGET_FLORES, build, default_root
+from flare_cli.toyworld.build import SIZES, WORLD_FILE, stage_hashes, task_rows
+from flare_cli.toyworld.language import (
+    CITIES,
+    COLOURS,
+    JOBS,
+    OPINIONS,
+    PETS,
+    Fact,
+    Lexicon,
+    Renderer,
+)
+from flare_cli.toyworld.taskdata import DRAW, corrupt, render
+
+CONTRACT_COLUMNS = {
+    "qa": {"id", "context", "question", "answer", "answer_start"},
+    "nli": {"id", "premise", "hypothesis", "label"},
+    "sentiment": {"id", "text", "label"},
+}
+PIVOT_FIELDS = {"qa": ("context", "question"), "nli": ("premise", "hypothesis"), "sentiment": ("text",)}
+
+
+@pytest.fixture(scope="session")
+def quick_world(tmp_path_factory):
+    """One quick world per session; tests that damage a world work on a copy."""
+    return build(tmp_path_factory.mktemp("toyworld") / "quick", seed=0, size="quick")
+
+
+def copy_world(world, dest):
+    shutil.copytree(world.root, dest)
+    return dest
+
+
+# --- generation -----------------------------------------------------------------------------
+
+
+def test_generation_is_deterministic_for_a_seed():
+    renderer = Renderer(Lexicon.generate(0))
+    sizes = SIZES["quick"].data
+    first = {t: task_rows(t, 0, sizes, renderer) for t in ("qa", "nli", "sentiment")}
+    again = {t: task_rows(t, 0, sizes, Renderer(Lexicon.generate(0))) for t in ("qa", "nli", "sentiment")}
+    other = {t: task_rows(t, 1, sizes, Renderer(Lexicon.generate(1))) for t in ("qa", "nli", "sentiment")}
+    assert first == again
+    assert first["qa"]["train.en.jsonl"] != other["qa"]["train.en.jsonl"]
+    assert Lexicon.generate(0) == Lexicon.generate(0)
+    assert Lexicon.generate(0).words != Lexicon.generate(1).words
+    assert stage_hashes(SIZES["full"], 0) == stage_hashes(SIZES["full"], 0)
+    assert stage_hashes(SIZES["full"], 0)["data"] != stage_hashes(SIZES["full"], 1)["data"]
+
+
+def test_target_language_shares_names_and_translates_the_rest():
+    lex = Lexicon.generate(0)
+    r = Renderer(lex)
+    city = Fact("Anna Berg", "city", "Paris", 0)
+    assert r.fact(city, "en") == "Anna Berg lives in Paris."
+    # SOV: subject + topic case first, the locative-marked place, the inflected verb last.
+    expected = f"Anna Berg {lex.cases['TOP']} Paris {lex.cases['LOC']} {lex.words['live']}{lex.suffixes['DECL']}."
+    assert r.fact(city, "qtw") == expected
+    # Noun-adjective order in the target ("car red"), adjective-noun in English ("red car").
+    car = Fact("Anna Berg", "car", "red", 0)
+    assert "red car" in r.fact(car, "en")
+    assert f"{lex.words['car']} {lex.words['red']} {lex.cases['ACC']}" in r.fact(car, "qtw")
+    # Questions: verb in the question form, then the sentence-final particle.
+    question = r.question("Anna Berg", "city", 0, "qtw")
+    assert question.endswith(f"{lex.words['live']}{lex.suffixes['Q']} {lex.question_particle}?")
+    # Shared kinds copied, the others translated.
+    assert r.answer(Fact("Anna Berg", "age", "42", 1), "qtw") == "42"
+    assert r.answer(Fact("Anna Berg", "job", "baker", 1), "qtw") == lex.words["baker"] != "baker"
+
+
+def test_target_text_has_no_english_content_words():
+    r = Renderer(Lexicon.generate(3))
+    rng = random.Random(0)
+    english_words = {*JOBS, *PETS, *COLOURS, "lives", "has", "the", "of", "is", "car", "works", "what", "where"}
+    for _ in range(300):
+        for task in ("qa", "nli", "sentiment"):
+            row = render(DRAW[task](rng), task, r, "qtw")
+            words = {w.strip(".?") for field in PIVOT_FIELDS[task] for w in row[field].split()}
+            assert not words & english_words, row
+
+
+def test_answers_are_spans_of_the_context_in_both_languages():
+    r = Renderer(Lexicon.generate(0))
+    rng = random.Random(5)
+    people_counts = Counter()
+    for _ in range(500):
+        example = DRAW["qa"](rng)
+        people_counts[len({f.person for f in example.facts})] += 1
+        assert 3 <= len(example.facts) <= 5
+        for lang in ("en", "qtw"):
+            row = render(example, "qa", r, lang)
+            start = row["answer_start"]
+            assert row["context"][start : start + len(row["answer"])] == row["answer"]
+        names = example.facts[example.asked].person
+        assert names in render(example, "qa", r, "qtw")["question"]  # names copied into the question
+    assert set(people_counts) == {1, 2, 3}
+
+
+def test_nli_and_sentiment_labels_follow_from_the_text():
+    rng = random.Random(7)
+    labels = Counter()
+    for _ in range(600):
+        ex = DRAW["nli"](rng)
+        facts = {(f.person, f.kind): f.value for f in ex.premise}
+        key = (ex.hypothesis.person, ex.hypothesis.kind)
+        derived = (
+            "neutral" if key not in facts else "entailment" if facts[key] == ex.hypothesis.value else "contradiction"
+        )
+        assert derived == ex.label
+        labels[ex.label] += 1
+    assert set(labels) == set(NLI_LABELS) and min(labels.values()) > 150
+
+    r = Renderer(Lexicon.generate(0))
+    for _ in range(300):
+        ex = DRAW["sentiment"](rng)
+        text = render(ex, "sentiment", r, "en")["text"]
+        cues = {label for label in SENTIMENT_LABELS for cue in OPINIONS[label] if f" {cue} " in text}
+        assert cues == {ex.label}
+
+
+def test_noisy_pivots_corrupt_about_fifteen_percent_of_words():
+    text = " ".join(f"word{i}" for i in range(4000))
+    noisy = corrupt(text, random.Random(0))
+    assert noisy == corrupt(text, random.Random(0))
+    kept = set(noisy.split()) & set(text.split())
+    changed = 1 - len(kept) / 4000
+    assert 0.10 < changed < 0.20
+
+
+# --- a quick world on disk ------------------------------------------------------------------
+
+
+def test_quick_world_has_the_contract_files_and_columns(quick_world):
+    sizes = SIZES["quick"].data
+    for task, columns in CONTRACT_COLUMNS.items():
+        train = [json.loads(x) for x in quick_world.data_file(task, "train").read_text().splitlines()]
+        validation = [json.loads(x) for x in quick_world.data_file(task, "validation").read_text().splitlines()]
+        test = [json.loads(x) for x in quick_world.data_file(task, "test", "qtw").read_text().splitlines()]
+        target_train = [json.loads(x) for x in quick_world.data_file(task, "train", "qtw").read_text().splitlines()]
+        assert (len(train), len(validation), len(test), len(target_train)) == (
+            sizes.train, sizes.validation, sizes.test, sizes.target_train,
+        )
+        assert all(set(row) == columns for row in train + validation)
+        pivots = {f"pivot_{f}" for f in PIVOT_FIELDS[task]} | ({"pivot_answer"} if task == "qa" else set())
+        noisy = {f"pivot_noisy_{f}" for f in PIVOT_FIELDS[task]}
+        assert all(set(row) == columns | pivots | noisy for row in test)
+        assert all(set(row) == columns | pivots for row in target_train)
+        # Gold translate-train rows are the English rows, translated, with the same ids.
+        by_id = {row["id"]: row for row in train}
+        for row in target_train:
+            assert all(row[f"pivot_{f}"] == by_id[row["id"]][f] for f in PIVOT_FIELDS[task])
+        assert len({row["id"] for row in train + validation + test}) == len(train + validation + test)
+
+
+def test_quick_world_models_load_and_run(quick_world):
+    import sentencepiece as spm
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    pieces = spm.SentencePieceProcessor(model_file=str(quick_world.root / "tokenizer" / "toy.model")).get_piece_size()
+    tok = AutoTokenizer.from_pretrained(quick_world.base_dir)
+    assert len(tok) == pieces == SIZES["quick"].vocab_size
+    assert (tok.eos_token, tok.pad_token) == ("</s>", "<pad>") and tok.pad_token_id != tok.eos_token_id
+    prompt = "Context: Anna Berg lives in Paris.\nQuestion: Where does Anna Berg live?\nAnswer: Paris"
+    ids = tok(prompt).input_ids
+    assert tok.unk_token_id not in ids and tok.decode(ids, skip_special_tokens=True) == prompt
+    assert len(ids) < len(prompt.split()) * 2  # close to word-level: the vocabulary is really loaded
+
+    base = AutoModelForCausalLM.from_pretrained(quick_world.base_dir)
+    assert (base.config.model_type, base.config.hidden_size, base.config.num_hidden_layers) == ("llama", 64, 4)
+    logits = base(torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), pieces) and torch.isfinite(logits).all()
+
+    mt_tok = AutoTokenizer.from_pretrained(quick_world.mt_dir)
+    codes = mt_tok.convert_tokens_to_ids(["eng_Latn", TARGET_FLORES])
+    assert mt_tok.unk_token_id not in codes and codes[0] != codes[1]
+    assert len(mt_tok) == pieces + 3
+    mt = AutoModelForSeq2SeqLM.from_pretrained(quick_world.mt_dir)
+    assert mt.config.model_type == "m2m_100"
+    mt_tok.src_lang = "eng_Latn"
+    enc = mt_tok(["Anna Berg lives in Paris."], return_tensors="pt")
+    assert enc.input_ids[0, 0].item() == codes[0]
+    out = mt.generate(**enc, forced_bos_token_id=codes[1], max_new_tokens=5, do_sample=False)
+    assert out[0, :2].tolist() == [mt_tok.eos_token_id, codes[1]]  # NLLB decoding: </s>, then the code
+
+    meta = json.loads((quick_world.root / WORLD_FILE).read_text())
+    assert (meta["seed"], meta["size"], meta["target_lang"], meta["flores"]) == (0, "quick", "qtw", "qtw_Latn")
+    assert {"torch", "transformers", "flare_cli"} <= set(meta["versions"])
+
+
+def test_a_complete_world_is_reused_without_retraining(quick_world):
+    weights = quick_world.base_dir / "model.safetensors"
+    before = (weights.stat().st_mtime_ns, (quick_world.mt_dir / "model.safetensors").stat().st_mtime_ns)
+    again = build(quick_world.root, seed=0, size="quick")
+    assert again.reused and again.timings == {}
+    assert (weights.stat().st_mtime_ns, (quick_world.mt_dir / "model.safetensors").stat().st_mtime_ns) == before
+
+
+def test_a_partial_world_is_resumed_not_taken_as_complete(quick_world, tmp_path):
+    root = copy_world(quick_world, tmp_path / "w")
+    base_mtime = (root / "base" / "model.safetensors").stat().st_mtime_ns
+    # Interrupted during MT training: no world.json, no mt stage, a leftover temp folder.
+    (root / WORLD_FILE).unlink()
+    shutil.rmtree(root / "mt")
+    (root / ".mt.12345.tmp").mkdir()
+    world = build(root, seed=0, size="quick")
+    assert not world.reused and set(world.timings) == {"mt"}  # only the missing stage was built
+    assert (root / "base" / "model.safetensors").stat().st_mtime_ns == base_mtime
+    assert (root / "mt" / "model.safetensors").is_file() and (root / WORLD_FILE).is_file()
+    assert build(root, seed=0, size="quick").reused
+
+
+def test_a_corrupt_or_stale_world_file_is_not_trusted(quick_world, tmp_path):
+    root = copy_world(quick_world, tmp_path / "w")
+    (root / WORLD_FILE).write_text("{not json")
+    assert not build(root, seed=0, size="quick").reused
+    assert json.loads((root / WORLD_FILE).read_text())["size"] == "quick"
+    meta = json.loads((root / WORLD_FILE).read_text())
+    (root / WORLD_FILE).write_text(json.dumps({**meta, "settings_hash": "0" * 16}))
+    assert not build(root, seed=0, size="quick").reused
+    # A stage built from other settings (another seed's data) is rebuilt, not reused.
+    stage = json.loads((root / "data" / ".stage.json").read_text())
+    (root / "data" / ".stage.json").write_text(json.dumps({**stage, "hash": "stale"}))
+    world = build(root, seed=0, size="quick")
+    assert set(world.timings) == {"data"}
+
+
+def test_default_root_and_bad_size(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLARE_HOME", str(tmp_path / "fh"))
+    assert default_root("quick", 3) == tmp_path / "fh" / "toyworld" / "quick-seed3"
+    with pytest.raises(ConfigError, match=re.escape("unknown toy world size 'huge'; choose one of: full, quick")):
+        build(tmp_path / "w", size="huge")
+    assert not (tmp_path / "w").exists()
+
+
+def test_module_entry_point_reports_a_reused_world(quick_world, capsys):
+    from flare_cli.toyworld.__main__ import main
+
+    assert main(["--size", "quick", "--seed", "0", "--root", str(quick_world.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"toy world quick seed 0 at {quick_world.root} (reused)" in out
