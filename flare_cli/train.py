@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from flare_cli.config import dump_yaml, public_dict
-from flare_cli.errors import ConfigError, DataError, NotBuiltError
+from flare_cli.errors import ConfigError, NotBuiltError
 
 RESULT_NAME = "train_result.json"
 OWN_FILES = {"train_config.yaml", "trainer_log.jsonl", "checkpoints", RESULT_NAME}
