@@ -19,11 +19,13 @@ class MTSettings:
     layers: int = 2
     heads: int = 4
     ffn: int = 256
-    steps: int = 600
+    steps: int = 500
     batch: int = 32
-    lr: float = 3e-3
+    lr: float = 5e-3
     warmup: int = 50
-    init_std: float = 0.02
+    # As for the base: at the default 0.02 the decoder learned the target grammar but ignored the
+    # source for hundreds of steps (chrF ~40 after 500 steps, against ~97 with 0.1).
+    init_std: float = 0.1
 
 
 def _encode(tokenizer, sources: list[str], targets: list[str], src: str, tgt: str):
