@@ -253,3 +253,17 @@ def test_module_entry_point_reports_a_reused_world(quick_world, capsys):
     assert main(["--size", "quick", "--seed", "0", "--root", str(quick_world.root)]) == 0
     out = capsys.readouterr().out
     assert f"toy world quick seed 0 at {quick_world.root} (reused)" in out
+
+
+def test_building_leaves_the_callers_torch_threads_alone(quick_world, tmp_path):
+    import torch
+
+    root = copy_world(quick_world, tmp_path / "w")
+    shutil.rmtree(root / "mt")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not a count training picks (1 or 2)
+    try:
+        assert set(build(root, seed=0, size="quick").timings) == {"mt"}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -24,7 +24,7 @@ from flare_cli.errors import ConfigError
 from flare_cli.toyworld.corpus import Mix, parallel_pairs, pretraining_documents, tokenizer_training_text
 from flare_cli.toyworld.language import Lexicon, Renderer
 from flare_cli.toyworld.mt import MTSettings, train_mt
-from flare_cli.toyworld.pretrain import BaseSettings, pretrain
+from flare_cli.toyworld.pretrain import BaseSettings, pretrain, restored_threads
 from flare_cli.toyworld.taskdata import DRAW, TASKS, english_row, target_row
 from flare_cli.toyworld.tokenizer import ENGLISH_FLORES, TARGET_FLORES, llama_tokenizer, nllb_tokenizer
 
@@ -210,12 +210,14 @@ def build(root: Path | None = None, seed: int = 0, size: str = "full", progress:
     def make_base(tmp: Path) -> None:
         tokenizer = llama_tokenizer(sp_model_file.read_bytes(), tmp)
         documents = pretraining_documents(seed, renderer, settings.mix)
-        metrics["base_final_loss"] = pretrain(tmp, tokenizer, documents, settings.base, seed, progress)
+        with restored_threads():
+            metrics["base_final_loss"] = pretrain(tmp, tokenizer, documents, settings.base, seed, progress)
 
     def make_mt(tmp: Path) -> None:
         tokenizer = nllb_tokenizer(sp_model_file.read_bytes(), tmp)
         pairs = parallel_pairs(seed, renderer, "train")
-        metrics["mt_final_loss"] = train_mt(tmp, tokenizer, pairs, settings.mt, seed, progress)
+        with restored_threads():
+            metrics["mt_final_loss"] = train_mt(tmp, tokenizer, pairs, settings.mt, seed, progress)
 
     makers = {"tokenizer": make_tokenizer, "data": make_data, "base": make_base, "mt": make_mt}
     for stage in STAGES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,24 @@ class BaseSettings:
 
 def train_threads() -> int:
     """Two threads on an idle 2-core machine; one when the cores are busy, where two threads
-    spin-wait on each other and run several times slower than one."""
+    spin-wait on each other and run several times slower than one. (Weights therefore are not
+    bit-identical across machines and loads; the generated text and data are.)"""
     import os
 
     cores = os.cpu_count() or 1
     return 1 if os.getloadavg()[0] > cores - 1 else min(2, cores)
+
+
+@contextmanager
+def restored_threads():
+    """Training re-picks torch's thread count; give the caller's back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def lr_at(step: int, total: int, warmup: int) -> float:
@@ -64,7 +78,6 @@ def pretrain(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.set_num_threads(train_threads())
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -86,6 +99,8 @@ def pretrain(
     model.train()
     tail: list[float] = []
     for step in range(settings.steps):
+        if step % 50 == 0:  # other jobs come and go on a shared machine
+            torch.set_num_threads(train_threads())
         batch = data[step * settings.batch : (step + 1) * settings.batch]
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
