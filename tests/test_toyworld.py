@@ -267,3 +267,9 @@ def test_building_leaves_the_callers_torch_threads_alone(quick_world, tmp_path):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_root_that_is_a_file_is_a_one_line_config_error(tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ConfigError, match=r"^cannot create the toy world folder .*taken: File exists$"):
+        build(tmp_path / "taken", size="quick")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flare_cli import __version__
-from flare_cli.errors import ConfigError
+from flare_cli.errors import ConfigError, ModelError
 from flare_cli.toyworld.corpus import Mix, parallel_pairs, pretraining_documents, tokenizer_training_text
 from flare_cli.toyworld.language import Lexicon, Renderer
 from flare_cli.toyworld.mt import MTSettings, train_mt
@@ -226,12 +226,15 @@ def build(root: Path | None = None, seed: int = 0, size: str = "full", progress:
             continue
         start = time.perf_counter()
         tmp = root / f".{stage}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        makers[stage](tmp)
-        write_json_atomic(tmp / STAGE_FILE, {"hash": hashes[stage], "seed": seed, "size": size})
-        shutil.rmtree(final, ignore_errors=True)  # a stale or half-moved stage
-        os.replace(tmp, final)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            makers[stage](tmp)
+            write_json_atomic(tmp / STAGE_FILE, {"hash": hashes[stage], "seed": seed, "size": size})
+            shutil.rmtree(final, ignore_errors=True)  # a stale or half-moved stage
+            os.replace(tmp, final)
+        except OSError as err:  # disk full, permissions: finished stages stay, the next build resumes
+            raise ModelError(f"building the toy world's {stage} stage in {root} failed: {err}") from None
         timings[stage] = round(time.perf_counter() - start, 2)
 
     old_metrics = {}
