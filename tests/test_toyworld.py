@@ -273,3 +273,12 @@ def test_a_root_that_is_a_file_is_a_one_line_config_error(tmp_path):
     (tmp_path / "taken").write_text("")
     with pytest.raises(ConfigError, match=r"^cannot create the toy world folder .*taken: File exists$"):
         build(tmp_path / "taken", size="quick")
+
+
+def test_chrf_matches_a_hand_computed_score():
+    from flare_cli.toyworld.mt import chrf
+
+    # 1-grams: P 2/2, R 2/3; 2-grams: P 1/1, R 1/2 -> P 1, R 7/12, F2 = 5PR / (4P + R) = 35/55.
+    assert chrf(["ab"], ["abc"], order=2) == pytest.approx(100 * 35 / 55)
+    assert chrf(["Anna Berg"], ["AnnaBerg"]) == pytest.approx(100.0)  # spaces are ignored
+    assert chrf(["xyz"], ["abc"]) == 0.0

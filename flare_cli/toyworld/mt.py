@@ -125,8 +125,13 @@ def chrf(hypotheses: list[str], references: list[str], order: int = 6, beta: flo
             matches[n - 1] += sum((h & r).values())
             hyp_total[n - 1] += sum(h.values())
             ref_total[n - 1] += sum(r.values())
-    precision = sum(m / h for m, h in zip(matches, hyp_total) if h) / order
-    recall = sum(m / r for m, r in zip(matches, ref_total) if r) / order
+    # Orders no text is long enough for are left out of the averages (sacrebleu's effective order).
+    precision = _mean([m / h for m, h in zip(matches, hyp_total) if h])
+    recall = _mean([m / r for m, r in zip(matches, ref_total) if r])
     if precision + recall == 0:
         return 0.0
     return 100 * (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
