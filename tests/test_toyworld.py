@@ -282,3 +282,23 @@ def test_chrf_matches_a_hand_computed_score():
     assert chrf(["ab"], ["abc"], order=2) == pytest.approx(100 * 35 / 55)
     assert chrf(["Anna Berg"], ["AnnaBerg"]) == pytest.approx(100.0)  # spaces are ignored
     assert chrf(["xyz"], ["abc"]) == 0.0
+
+
+def test_pretraining_blocks_hold_whole_documents(quick_world):
+    from transformers import AutoTokenizer
+
+    from flare_cli.toyworld.pretrain import pack
+
+    tok = AutoTokenizer.from_pretrained(quick_world.base_dir)
+    rng = random.Random(0)
+    docs = [" ".join(f"Anna Berg is {rng.randint(18, 89)} years old." for _ in range(rng.randint(1, 6))) for _ in range(2000)]
+    inputs, labels = pack(iter(docs * 2), tok, blocks=40, seq_len=64)
+    assert inputs.shape == labels.shape == (40, 64)
+    for row_ids, row_labels in zip(inputs.tolist(), labels.tolist()):
+        real = [i for i, label in zip(row_ids, row_labels) if label != -100]
+        assert real == row_ids[: len(real)] and real[-1] == tok.eos_token_id  # padding only at the end
+        assert set(row_ids[len(real) :]) <= {tok.pad_token_id}
+        texts = [t.strip() for t in tok.decode(real).split("</s>")[:-1]]
+        assert texts and all(t in docs for t in texts)  # no document cut in two
+    first_row = [t.strip() for t in tok.decode(inputs[0][labels[0] != -100]).split("</s>")[:-1]]
+    assert first_row == docs[: len(first_row)]  # in stream order

@@ -29,7 +29,7 @@ from flare_cli.toyworld.taskdata import DRAW, TASKS, english_row, target_row
 from flare_cli.toyworld.tokenizer import ENGLISH_FLORES, TARGET_FLORES, llama_tokenizer, nllb_tokenizer
 
 # Bump when the generator's output changes for the same settings, so cached worlds are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 TARGET_LANG = "qtw"
 WORLD_FILE = "world.json"
 STAGE_FILE = ".stage.json"
