@@ -16,7 +16,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from flare_cli import __version__
@@ -181,7 +181,7 @@ def build(root: Path | None = None, seed: int = 0, size: str = "full", progress:
         if meta.get("settings_hash") == settings_hash and all(
             _stage_done(root / stage, hashes[stage]) for stage in STAGES
         ):
-            return World(**{**world.__dict__, "reused": True})
+            return replace(world, reused=True)
     except (OSError, ValueError):
         pass  # absent or unreadable: (re)build what is missing
 
@@ -260,4 +260,4 @@ def build(root: Path | None = None, seed: int = 0, size: str = "full", progress:
             "metrics": old_metrics | metrics,
         },
     )
-    return World(**{**world.__dict__, "timings": timings})
+    return replace(world, timings=timings)
