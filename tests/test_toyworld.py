@@ -253,3 +253,52 @@ def test_module_entry_point_reports_a_reused_world(quick_world, capsys):
     assert main(["--size", "quick", "--seed", "0", "--root", str(quick_world.root)]) == 0
     out = capsys.readouterr().out
     assert f"toy world quick seed 0 at {quick_world.root} (reused)" in out
+
+
+def test_building_leaves_the_callers_torch_threads_alone(quick_world, tmp_path):
+    import torch
+
+    root = copy_world(quick_world, tmp_path / "w")
+    shutil.rmtree(root / "mt")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not a count training picks (1 or 2)
+    try:
+        assert set(build(root, seed=0, size="quick").timings) == {"mt"}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_root_that_is_a_file_is_a_one_line_config_error(tmp_path):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ConfigError, match=r"^cannot create the toy world folder .*taken: File exists$"):
+        build(tmp_path / "taken", size="quick")
+
+
+def test_chrf_matches_a_hand_computed_score():
+    from flare_cli.toyworld.mt import chrf
+
+    # 1-grams: P 2/2, R 2/3; 2-grams: P 1/1, R 1/2 -> P 1, R 7/12, F2 = 5PR / (4P + R) = 35/55.
+    assert chrf(["ab"], ["abc"], order=2) == pytest.approx(100 * 35 / 55)
+    assert chrf(["Anna Berg"], ["AnnaBerg"]) == pytest.approx(100.0)  # spaces are ignored
+    assert chrf(["xyz"], ["abc"]) == 0.0
+
+
+def test_pretraining_blocks_hold_whole_documents(quick_world):
+    from transformers import AutoTokenizer
+
+    from flare_cli.toyworld.pretrain import pack
+
+    tok = AutoTokenizer.from_pretrained(quick_world.base_dir)
+    rng = random.Random(0)
+    docs = [" ".join(f"Anna Berg is {rng.randint(18, 89)} years old." for _ in range(rng.randint(1, 6))) for _ in range(2000)]
+    inputs, labels = pack(iter(docs * 2), tok, blocks=40, seq_len=64)
+    assert inputs.shape == labels.shape == (40, 64)
+    for row_ids, row_labels in zip(inputs.tolist(), labels.tolist()):
+        real = [i for i, label in zip(row_ids, row_labels) if label != -100]
+        assert real == row_ids[: len(real)] and real[-1] == tok.eos_token_id  # padding only at the end
+        assert set(row_ids[len(real) :]) <= {tok.pad_token_id}
+        texts = [t.strip() for t in tok.decode(real).split("</s>")[:-1]]
+        assert texts and all(t in docs for t in texts)  # no document cut in two
+    first_row = [t.strip() for t in tok.decode(inputs[0][labels[0] != -100]).split("</s>")[:-1]]
+    assert first_row == docs[: len(first_row)]  # in stream order

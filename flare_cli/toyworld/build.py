@@ -16,20 +16,20 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from flare_cli import __version__
-from flare_cli.errors import ConfigError
+from flare_cli.errors import ConfigError, ModelError
 from flare_cli.toyworld.corpus import Mix, parallel_pairs, pretraining_documents, tokenizer_training_text
 from flare_cli.toyworld.language import Lexicon, Renderer
 from flare_cli.toyworld.mt import MTSettings, train_mt
-from flare_cli.toyworld.pretrain import BaseSettings, pretrain
+from flare_cli.toyworld.pretrain import BaseSettings, pretrain, restored_threads
 from flare_cli.toyworld.taskdata import DRAW, TASKS, english_row, target_row
 from flare_cli.toyworld.tokenizer import ENGLISH_FLORES, TARGET_FLORES, llama_tokenizer, nllb_tokenizer
 
 # Bump when the generator's output changes for the same settings, so cached worlds are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 TARGET_LANG = "qtw"
 WORLD_FILE = "world.json"
 STAGE_FILE = ".stage.json"
@@ -181,7 +181,7 @@ def build(root: Path | None = None, seed: int = 0, size: str = "full", progress:
         if meta.get("settings_hash") == settings_hash and all(
             _stage_done(root / stage, hashes[stage]) for stage in STAGES
         ):
-            return World(**{**world.__dict__, "reused": True})
+            return replace(world, reused=True)
     except (OSError, ValueError):
         pass  # absent or unreadable: (re)build what is missing
 
@@ -210,12 +210,14 @@ def build(root: Path | None = None, seed: int = 0, size: str = "full", progress:
     def make_base(tmp: Path) -> None:
         tokenizer = llama_tokenizer(sp_model_file.read_bytes(), tmp)
         documents = pretraining_documents(seed, renderer, settings.mix)
-        metrics["base_final_loss"] = pretrain(tmp, tokenizer, documents, settings.base, seed, progress)
+        with restored_threads():
+            metrics["base_final_loss"] = pretrain(tmp, tokenizer, documents, settings.base, seed, progress)
 
     def make_mt(tmp: Path) -> None:
         tokenizer = nllb_tokenizer(sp_model_file.read_bytes(), tmp)
         pairs = parallel_pairs(seed, renderer, "train")
-        metrics["mt_final_loss"] = train_mt(tmp, tokenizer, pairs, settings.mt, seed, progress)
+        with restored_threads():
+            metrics["mt_final_loss"] = train_mt(tmp, tokenizer, pairs, settings.mt, seed, progress)
 
     makers = {"tokenizer": make_tokenizer, "data": make_data, "base": make_base, "mt": make_mt}
     for stage in STAGES:
@@ -224,12 +226,15 @@ def build(root: Path | None = None, seed: int = 0, size: str = "full", progress:
             continue
         start = time.perf_counter()
         tmp = root / f".{stage}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        makers[stage](tmp)
-        write_json_atomic(tmp / STAGE_FILE, {"hash": hashes[stage], "seed": seed, "size": size})
-        shutil.rmtree(final, ignore_errors=True)  # a stale or half-moved stage
-        os.replace(tmp, final)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            makers[stage](tmp)
+            write_json_atomic(tmp / STAGE_FILE, {"hash": hashes[stage], "seed": seed, "size": size})
+            shutil.rmtree(final, ignore_errors=True)  # a stale or half-moved stage
+            os.replace(tmp, final)
+        except OSError as err:  # disk full, permissions: finished stages stay, the next build resumes
+            raise ModelError(f"building the toy world's {stage} stage in {root} failed: {err}") from None
         timings[stage] = round(time.perf_counter() - start, 2)
 
     old_metrics = {}
@@ -255,4 +260,4 @@ def build(root: Path | None = None, seed: int = 0, size: str = "full", progress:
             "metrics": old_metrics | metrics,
         },
     )
-    return World(**{**world.__dict__, "timings": timings})
+    return replace(world, timings=timings)

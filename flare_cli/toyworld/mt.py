@@ -19,11 +19,13 @@ class MTSettings:
     layers: int = 2
     heads: int = 4
     ffn: int = 256
-    steps: int = 600
+    steps: int = 500
     batch: int = 32
-    lr: float = 3e-3
+    lr: float = 5e-3
     warmup: int = 50
-    init_std: float = 0.02
+    # As for the base: at the default 0.02 the decoder learned the target grammar but ignored the
+    # source for hundreds of steps (chrF ~40 after 500 steps, against ~97 with 0.1).
+    init_std: float = 0.1
 
 
 def _encode(tokenizer, sources: list[str], targets: list[str], src: str, tgt: str):
@@ -41,7 +43,6 @@ def train_mt(
     import torch
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
-    torch.set_num_threads(train_threads())
     torch.manual_seed(seed)
     config = M2M100Config(
         vocab_size=len(tokenizer),
@@ -70,6 +71,8 @@ def train_mt(
     model.train()
     tail: list[float] = []
     for step in range(settings.steps):
+        if step % 50 == 0:  # other jobs come and go on a shared machine
+            torch.set_num_threads(train_threads())
         batch = [next(pairs) for _ in range(settings.batch)]
         english, target = [b[0] for b in batch], [b[1] for b in batch]
         if step % 2 == 0:
@@ -122,8 +125,13 @@ def chrf(hypotheses: list[str], references: list[str], order: int = 6, beta: flo
             matches[n - 1] += sum((h & r).values())
             hyp_total[n - 1] += sum(h.values())
             ref_total[n - 1] += sum(r.values())
-    precision = sum(m / h for m, h in zip(matches, hyp_total) if h) / order
-    recall = sum(m / r for m, r in zip(matches, ref_total) if r) / order
+    # Orders no text is long enough for are left out of the averages (sacrebleu's effective order).
+    precision = _mean([m / h for m, h in zip(matches, hyp_total) if h])
+    recall = _mean([m / r for m, r in zip(matches, ref_total) if r])
     if precision + recall == 0:
         return 0.0
     return 100 * (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0

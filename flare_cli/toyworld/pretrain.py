@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +27,24 @@ class BaseSettings:
 
 def train_threads() -> int:
     """Two threads on an idle 2-core machine; one when the cores are busy, where two threads
-    spin-wait on each other and run several times slower than one."""
+    spin-wait on each other and run several times slower than one. (Weights therefore are not
+    bit-identical across machines and loads; the generated text and data are.)"""
     import os
 
     cores = os.cpu_count() or 1
     return 1 if os.getloadavg()[0] > cores - 1 else min(2, cores)
+
+
+@contextmanager
+def restored_threads():
+    """Training re-picks torch's thread count; give the caller's back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def lr_at(step: int, total: int, warmup: int) -> float:
@@ -42,18 +56,27 @@ def lr_at(step: int, total: int, warmup: int) -> float:
 
 
 def pack(documents: Iterator[str], tokenizer, blocks: int, seq_len: int):
-    """Token blocks of `seq_len` from documents each ending in EOS (no padding, no BOS: the
-    tokenizer adds none, so prompts at train/eval time look like a document start)."""
+    """`blocks` rows of `seq_len` tokens holding whole documents, each ending in EOS, padded at the
+    end (labels -100 there). Whole documents matter: a QA document cut between its context and
+    its answer teaches nothing, and with plain concatenation about half of them were cut.
+    No BOS: the tokenizer adds none, so prompts at train/eval time look like a document start."""
     import torch
 
-    needed = blocks * seq_len
-    ids: list[int] = []
-    while len(ids) < needed:
+    input_ids = torch.full((blocks, seq_len), tokenizer.pad_token_id)
+    labels = torch.full((blocks, seq_len), -100)
+    row, used = 0, 0
+    while row < blocks:
         batch = [next(documents) for _ in range(512)]
-        for row in tokenizer(batch, add_special_tokens=False).input_ids:
-            ids.extend(row)
-            ids.append(tokenizer.eos_token_id)
-    return torch.tensor(ids[:needed]).view(blocks, seq_len)
+        for ids in tokenizer(batch, add_special_tokens=False).input_ids:
+            ids = (ids + [tokenizer.eos_token_id])[:seq_len]
+            if used + len(ids) > seq_len:
+                row, used = row + 1, 0
+                if row == blocks:
+                    break
+            input_ids[row, used : used + len(ids)] = torch.tensor(ids)
+            labels[row, used : used + len(ids)] = torch.tensor(ids)
+            used += len(ids)
+    return input_ids, labels
 
 
 def pretrain(
@@ -64,7 +87,6 @@ def pretrain(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.set_num_threads(train_threads())
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -80,14 +102,16 @@ def pretrain(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
-    data = pack(documents, tokenizer, settings.steps * settings.batch, settings.seq_len)
+    inputs, targets = pack(documents, tokenizer, settings.steps * settings.batch, settings.seq_len)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, settings.steps, settings.warmup))
     model.train()
     tail: list[float] = []
     for step in range(settings.steps):
-        batch = data[step * settings.batch : (step + 1) * settings.batch]
-        loss = model(input_ids=batch, labels=batch).loss
+        if step % 50 == 0:  # other jobs come and go on a shared machine
+            torch.set_num_threads(train_threads())
+        rows = slice(step * settings.batch, (step + 1) * settings.batch)
+        loss = model(input_ids=inputs[rows], labels=targets[rows]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
