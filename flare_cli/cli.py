@@ -379,6 +379,10 @@ def merge(
     base: Optional[str] = typer.Option(
         None, "--base", help="Base model folder or Hub id (default: the adapter's base_model_name_or_path)."
     ),
+    task_adapter: Optional[str] = typer.Option(
+        None, "--task-adapter", help="Stage-1 task LoRA merged in first (default: the one the adapter was trained on)."
+    ),
+    no_task_adapter: bool = typer.Option(False, "--no-task-adapter", help="Merge into the bare base, without stage 1."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB."),
     drop_pivot: bool = typer.Option(
         False, "--drop-pivot", help="FLARE adapters only: write the pivot-less model (NOT the trained model)."
@@ -391,7 +395,8 @@ def merge(
     from flare_cli import export
 
     cfg = export.MergeConfig(
-        adapter=adapter, output_dir=output_dir, base=base, max_shard_size=max_shard_size,
+        adapter=adapter, output_dir=output_dir, base=base, task_adapter=task_adapter,
+        no_task_adapter=no_task_adapter, max_shard_size=max_shard_size,
         drop_pivot=drop_pivot, dequantize=dequantize, overwrite=overwrite,
     )
     result = run_stage(lambda: export.run(cfg))
@@ -403,12 +408,13 @@ def merge(
         payload = {
             "output_dir": str(result.output_dir), "base_model": result.base_model, "method": result.method,
             "dtype": result.dtype, "files": result.files, "dropped_pivot": result.dropped_pivot,
-            "warnings": result.warnings,
+            "task_adapter": result.task_adapter, "warnings": result.warnings,
         }
         typer.echo(json.dumps(payload, indent=2))
         return
     shards = sum(1 for f in result.files if f.endswith(".safetensors"))
-    typer.echo(f"merged {result.method} adapter into {result.base_model} -> {result.output_dir} "
+    stage1 = f" + {result.task_adapter}" if result.task_adapter else ""
+    typer.echo(f"merged {result.method} adapter into {result.base_model}{stage1} -> {result.output_dir} "
                f"({result.dtype}, {shards} safetensors shard(s))")
 
 

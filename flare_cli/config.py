@@ -6,6 +6,7 @@ A flag, a YAML key and a dataclass field share one name (flag --learning-rate = 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
@@ -55,3 +56,8 @@ def dump_yaml(data: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def flare_home() -> Path:
+    """flare_cli's own cache root: $FLARE_HOME, else ~/.cache/flare_cli (toy worlds, MT cache)."""
+    return Path(os.environ.get("FLARE_HOME") or Path.home() / ".cache" / "flare_cli")

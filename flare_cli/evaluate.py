@@ -272,20 +272,21 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
     return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "")
 
 
-def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalConfig) -> None:
-    """Rows without ``pivot_*`` columns get them from the MT model when flare_cli.translate offers
-    ``translate_pivots``; otherwise the missing column is reported."""
+def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalConfig) -> Optional[str]:
+    """Rows without ``pivot_*`` columns get them from the MT model (cached, as `flare translate`).
+
+    Returns the MT model used, or None when the data had every pivot."""
+    from flare_cli.translate import DEFAULT_MT_MODEL, translate_pivots
+
     columns = ["pivot_" + f for f in task.input_fields]
     if all(isinstance(r.get(c), str) and r[c].strip() for r in rows for c in columns):
-        return
-    try:
-        from flare_cli.translate import translate_pivots
-    except ImportError:
-        task.require_pivots(rows, resolved.source)
-        return
+        return None
     settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
-    translate_pivots(rows, task.input_fields, lang=resolved.lang, mt_model=cfg.mt_model or settings.get("mt_model"))
+    mt_model = cfg.mt_model or settings.get("mt_model") or settings.get("meta", {}).get("mt_model") or DEFAULT_MT_MODEL
+    translate_pivots(rows, task.input_fields, lang=resolved.lang, mt_model=mt_model,
+                     cache_dir=Path(cfg.output_dir) / ".flare_cache")
     task.require_pivots(rows, resolved.source)
+    return mt_model
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -308,8 +309,9 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     rows = task.load(cfg.data, resolved.lang, cfg.split, require_gold=not cfg.predict)
     if cfg.limit:
         rows = rows[: cfg.limit]
+    pivots_from = None
     if resolved.method in PIVOT_METHODS:
-        _ensure_pivots(task, rows, resolved, cfg)  # before loading the LLM: fail fast
+        pivots_from = _ensure_pivots(task, rows, resolved, cfg)  # before loading the LLM: fail fast
 
     model, tokenizer = _load_base(resolved.base, cfg.task_adapter, cfg.dtype)
     if cfg.adapter:
@@ -346,6 +348,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "limit": cfg.limit,
             "predict": cfg.predict,
             "decoding": "greedy",
+            "pivots": f"translated on the fly by {pivots_from}" if pivots_from else "data",
         },
     }
     out = Path(cfg.output_dir)

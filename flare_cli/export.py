@@ -32,6 +32,10 @@ class MergeConfig:
     adapter: Path
     output_dir: Path
     base: str | None = None  # overrides adapter_config.json base_model_name_or_path
+    # Stage-1 task LoRA merged into the base first (default: the one the adapter was trained on,
+    # from flare_config.json meta.task_adapter); without it the merged model would lose stage 1.
+    task_adapter: str | None = None
+    no_task_adapter: bool = False
     max_shard_size: str = "5GB"
     drop_pivot: bool = False
     dequantize: bool = False
@@ -47,6 +51,7 @@ class MergeResult:
     files: list[str]
     dropped_pivot: bool
     warnings: list[str] = field(default_factory=list)
+    task_adapter: str | None = None
 
 
 # --------------------------------------------------------------------------- adapter folder
@@ -69,7 +74,8 @@ def read_flare_config(folder: Path) -> dict:
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path} must hold a JSON object")
-    return data
+    # flare train writes provenance (base_model, task, lang, task_adapter) under "meta".
+    return {**(data.get("meta") or {}), **data}
 
 
 def is_flare_adapter(folder: Path) -> bool:
@@ -178,8 +184,16 @@ def run(cfg: MergeConfig) -> MergeResult:
             "it is NOT the trained model (run `flare eval` on both to measure the difference)"
         )
 
+    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or flare.get("task_adapter"))
+    if task_adapter and not (Path(task_adapter) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"the adapter was trained on base + task adapter {task_adapter}, which is not an adapter folder here; "
+            "pass --task-adapter DIR (or --no-task-adapter to merge into the bare base)"
+        )
     lora_config, lora_state = _read_lora(adapter)  # before the (slow) base load: fail fast
     model = _load_base(base, dtype, dequantize=_is_quantized(base_config))
+    if task_adapter:
+        model = _merge_task_adapter(model, task_adapter)
     merged = _fold_adapter(model, adapter, lora_config, lora_state)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +221,18 @@ def run(cfg: MergeConfig) -> MergeResult:
         files=files,
         dropped_pivot=cfg.drop_pivot,
         warnings=warnings,
+        task_adapter=task_adapter,
     )
+
+
+def _merge_task_adapter(model, task_adapter: str):
+    """Fold the stage-1 task LoRA in first: the stage-3 adapter was trained on top of it."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, task_adapter).merge_and_unload()
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise ModelError(f"cannot merge task adapter {task_adapter}: {_first_line(err)}") from None
 
 
 def _load_base(base: str, dtype, *, dequantize: bool):
@@ -414,6 +439,12 @@ def _card_body(
     else:
         lines.append(f"This is `{base}` with {what}{on} merged into its weights (dtype `{merged_dtype}`).")
     lines.append("")
+    task_adapter = flare.get("task_adapter")
+    if task_adapter and relation == "adapter":
+        lines += [f"It was trained on `{base}` with the stage-1 English task adapter `{task_adapter}` merged in: "
+                  "merge that adapter into the base before loading this one.", ""]
+    elif task_adapter:
+        lines += [f"The stage-1 English task adapter `{task_adapter}` was merged into the base first.", ""]
 
     if relation == "merge" and dropped_pivot:
         lines += [

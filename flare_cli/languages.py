@@ -258,7 +258,11 @@ REGION_OVERRIDES: dict[str, str] = {
 _FLORES_RE = re.compile(r"^([a-z]{3})_([a-z]{4})$")
 _BCP47_RE = re.compile(r"^([a-z]{2,3})(?:-([a-z]{4}))?(?:-([a-z]{2}|[0-9]{3}))?(?:-.*)?$")
 
-_REGISTERED: dict[str, Language] = {}
+_REGISTERED: dict[str, Language] = {
+    # The embedded toy world's target language (ISO 639-3 local-use range), so `flare ... --lang qtw`
+    # works in every stage of the demo without importing the toy world.
+    "qtw_Latn": Language(iso1=None, iso3="qtw", flores="qtw_Latn", name="Toy world target language"),
+}
 
 
 def _by_flores() -> dict[str, Language]:

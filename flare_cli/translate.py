@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from flare_cli import __version__
+from flare_cli.config import flare_home
 from flare_cli.errors import ConfigError, DataError, ModelError
 from flare_cli.languages import Language, resolve
 from flare_cli.mt_cache import TranslationCache, cache_key
@@ -597,3 +598,49 @@ def _translate_qa_train(rows: list[dict], fields: tuple[str, ...], mt: _Translat
         new["answer_start"] = start
         out.append(new)
     return out, failed
+
+
+# ------------------------------------------------------------------ pivots on the fly (flare eval)
+
+
+def translate_pivots(
+    rows: list[dict],
+    fields: Iterable[str],
+    *,
+    lang: str,
+    mt_model: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    num_beams: int = 4,
+    max_new_tokens: int = 256,
+    engine: "HFTranslator | None" = None,
+    progress: ProgressSink | None = None,
+) -> int:
+    """Give every row its missing ``pivot_<field>`` (MT English of ``field``), in place.
+
+    Used by ``flare eval`` on raw target-language inputs. Pivots already in a row are kept; the
+    same cache as ``flare translate`` makes a rerun free. Returns the number of texts translated.
+    """
+    fields = tuple(fields)
+    cfg = TranslateConfig(
+        input="<rows>", output="-", lang=lang, direction="test", fields=fields,
+        mt_model=mt_model or DEFAULT_MT_MODEL, revision=revision, num_beams=num_beams,
+        max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    _, src, tgt = _validate(cfg)
+    missing = [(row, f) for row in rows for f in fields
+               if not (isinstance(row.get(f"pivot_{f}"), str) and row[f"pivot_{f}"].strip())]
+    if not missing:
+        return 0
+    for row, f in missing:
+        if not isinstance(row.get(f), str):
+            raise DataError(f"row {row.get('id', '?')!s} has no text in column {f!r} to translate into a pivot")
+    engine = engine or HFTranslator(cfg.mt_model, cfg.revision)
+    engine.lang_code(src), engine.lang_code(tgt)
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else flare_home() / "mt_cache"
+    with TranslationCache(cache_root / "translations.sqlite") as cache:
+        table = _Translator(cfg, engine, cache, src, tgt, progress).translate_all(row[f] for row, f in missing)
+    for row, f in missing:
+        row[f"pivot_{f}"] = table[row[f]]
+    return len({row[f] for row, f in missing})
+

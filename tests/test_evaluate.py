@@ -322,3 +322,59 @@ def test_flare_model_generation_equals_fused_full_forward(tiny):
     assert got == expected
     other_pivots = [PIVOTS[2], PIVOTS[0], PIVOTS[1]]
     assert got != generate_answers(model, tokenizer, PROMPTS, pivots=other_pivots, max_new_tokens=10, batch_size=3)
+
+
+# -- pivots translated on the fly ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_mt(tmp_path_factory):
+    from fixtures_mt import build_tiny_nllb
+
+    return str(build_tiny_nllb(tmp_path_factory.mktemp("mt")))
+
+
+def _without_pivots(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("pivot_")} for r in rows]
+
+
+def test_missing_pivots_are_translated_on_the_fly_like_flare_translate(saved, tiny_mt, tmp_path):
+    from flare_cli import translate
+
+    mt = tiny_mt
+    raw = tmp_path / "raw.sw.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in _without_pivots(QA_ROWS)))
+    # Reference: the two-step pipeline, `flare translate --direction test` then eval on its output.
+    piv = tmp_path / "piv.sw.jsonl"
+    translate.run(translate.TranslateConfig(input=str(raw), output=str(piv), lang="sw", direction="test",
+                                            mt_model=mt, cache_dir=str(tmp_path / "ref_cache")))
+    two_step = run(EvalConfig(task="qa", lang="sw", base=str(saved / "base"), method="translate-test",
+                              data=str(piv), output_dir=str(tmp_path / "two"), max_new_tokens=6))
+    one_step = run(EvalConfig(task="qa", lang="sw", base=str(saved / "base"), method="translate-test",
+                              data=str(raw), output_dir=str(tmp_path / "one"), max_new_tokens=6, mt_model=mt))
+    assert [p["raw"] for p in one_step.predictions] == [p["raw"] for p in two_step.predictions]
+    assert one_step.metrics["settings"]["pivots"] == f"translated on the fly by {mt}"
+    assert two_step.metrics["settings"]["pivots"] == "data"
+    assert (tmp_path / "one" / ".flare_cache" / "translations.sqlite").is_file()
+
+
+def test_translate_pivots_keeps_given_pivots_and_fills_only_missing_ones(tiny_mt, tmp_path):
+    from flare_cli.translate import translate_pivots
+
+    mt = tiny_mt
+    rows = [dict(QA_ROWS[0]), _without_pivots(QA_ROWS[1:])[0]]
+    given = dict(rows[0])
+    n = translate_pivots(rows, ("context", "question"), lang="sw", mt_model=mt, cache_dir=tmp_path / "c")
+    assert n == 2  # only row 2's context and question
+    assert rows[0] == given
+    assert rows[1]["pivot_context"].strip() and rows[1]["pivot_question"].strip()
+    again = [dict(rows[0]), _without_pivots(QA_ROWS[1:])[0]]
+    translate_pivots(again, ("context", "question"), lang="sw", mt_model=mt, cache_dir=tmp_path / "c")
+    assert again == rows  # deterministic, served from the cache
+
+
+def test_missing_pivots_offline_is_a_one_line_model_error(saved, tmp_path):
+    raw = tmp_path / "raw.sw.jsonl"
+    raw.write_text("".join(json.dumps(r) + "\n" for r in _without_pivots(QA_ROWS)))
+    with pytest.raises(ModelError, match=r"^cannot load the MT tokenizer 'facebook/nllb-200-3.3B': ") as err:
+        run(EvalConfig(task="qa", lang="sw", base=str(saved / "base"), method="translate-test",
+                       data=str(raw), output_dir=str(tmp_path / "o")))
+    assert "\n" not in str(err.value)

@@ -215,3 +215,32 @@ def test_dequantize_without_bitsandbytes_is_one_line(world, tmp_path):
     assert res.exit_code == 1
     assert err(res).startswith(f"error: cannot load base model {qbase}: ")
     assert not (tmp_path / "m").exists()
+
+
+def test_stage3_adapter_merges_on_top_of_its_stage1_task_adapter(world, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    stage1 = make_lora(world["base"], tmp_path / "stage1", seed=7)
+    stage3 = make_lora(world["base"], tmp_path / "stage3", seed=8,
+                       flare={"method": "lora", "meta": {"task": "qa", "lang": "sw", "task_adapter": str(stage1)}})
+    res = merge("--adapter", stage3, "--output-dir", tmp_path / "merged", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["task_adapter"] == str(stage1)
+    with_stage1 = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(world["base"]), stage1).merge_and_unload()
+    want = logits(PeftModel.from_pretrained(with_stage1, stage3).eval(), IDS)
+    got = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval(), IDS)
+    assert (got - want).abs().max() < 1e-4
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert f"The stage-1 English task adapter `{stage1}` was merged into the base first." in card
+    assert "for `qa` in `sw`" in card  # provenance read from flare_config.json's meta
+
+    bare = merge("--adapter", stage3, "--output-dir", tmp_path / "bare", "--no-task-adapter")
+    assert bare.exit_code == 0, bare.output
+    bare_logits = logits(AutoModelForCausalLM.from_pretrained(tmp_path / "bare").eval(), IDS)
+    assert (bare_logits - want).abs().max() > 1e-2  # stage 1 really is part of the merged model
+
+    (tmp_path / "stage1" / "adapter_config.json").unlink()
+    missing = merge("--adapter", stage3, "--output-dir", tmp_path / "m2")
+    assert missing.exit_code == 2
+    assert "which is not an adapter folder here; pass --task-adapter DIR" in err(missing)

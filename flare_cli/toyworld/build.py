@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from flare_cli import __version__
+from flare_cli.config import flare_home
 from flare_cli.errors import ConfigError, ModelError
 from flare_cli.toyworld.corpus import Mix, parallel_pairs, pretraining_documents, tokenizer_training_text
 from flare_cli.toyworld.language import Lexicon, Renderer
@@ -98,8 +99,7 @@ class World:
 
 
 def default_root(size: str = "full", seed: int = 0) -> Path:
-    home = Path(os.environ.get("FLARE_HOME") or Path.home() / ".cache" / "flare_cli")
-    return home / "toyworld" / f"{size}-seed{seed}"
+    return flare_home() / "toyworld" / f"{size}-seed{seed}"
 
 
 def _hash(*parts) -> str:
