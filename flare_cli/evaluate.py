@@ -43,7 +43,7 @@ class EvalConfig:
     lang: Optional[str] = None  # default: the adapter's flare_config.json
     adapter: Optional[str] = None
     base: Optional[str] = None  # default: the adapter's recorded base model
-    task_adapter: Optional[str] = None  # stage-1 LoRA merged into the base first
+    task_adapter: Optional[str] = None  # stage-1 LoRA merged into the base first (default: the adapter's)
     method: Optional[str] = None  # default: the adapter's method, or zero-shot without an adapter
     data: Optional[str] = None  # local file or Hub id; default: the task's Hub dataset
     split: Optional[str] = None
@@ -242,6 +242,7 @@ class _Resolved:
     method: str
     base: str
     source: str
+    task_adapter: Optional[str] = None
 
 
 def _resolve(cfg: EvalConfig) -> _Resolved:
@@ -269,7 +270,9 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
     if not base:
         raise ConfigError("which base model? pass --base")
     task = get_task(task_name, **cfg.task_options)
-    return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "")
+    # A stage-3 adapter was trained on base + its stage-1 task adapter: evaluate it on the same.
+    task_adapter = cfg.task_adapter or (settings.get("task_adapter") if cfg.adapter else None)
+    return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "", task_adapter)
 
 
 def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalConfig) -> Optional[str]:
@@ -313,7 +316,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     if resolved.method in PIVOT_METHODS:
         pivots_from = _ensure_pivots(task, rows, resolved, cfg)  # before loading the LLM: fail fast
 
-    model, tokenizer = _load_base(resolved.base, cfg.task_adapter, cfg.dtype)
+    model, tokenizer = _load_base(resolved.base, resolved.task_adapter, cfg.dtype)
     if cfg.adapter:
         model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter))
     model.eval()
@@ -340,7 +343,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         "adapter": cfg.adapter,
         "settings": {
             "base": resolved.base,
-            "task_adapter": cfg.task_adapter,
+            "task_adapter": resolved.task_adapter,
             "data": resolved.source,
             "split": cfg.split or task.default_split,
             "max_new_tokens": max_new_tokens,

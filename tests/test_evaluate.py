@@ -378,3 +378,20 @@ def test_missing_pivots_offline_is_a_one_line_model_error(saved, tmp_path):
         run(EvalConfig(task="qa", lang="sw", base=str(saved / "base"), method="translate-test",
                        data=str(raw), output_dir=str(tmp_path / "o")))
     assert "\n" not in str(err.value)
+
+
+def test_stage3_adapter_is_evaluated_on_its_recorded_task_adapter(saved, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    stage1 = tmp_path / "stage1"
+    save_lora_adapter(AutoModelForCausalLM.from_pretrained(saved / "base"), stage1, seed=5)
+    stage3 = tmp_path / "stage3"
+    save_lora_adapter(AutoModelForCausalLM.from_pretrained(saved / "base"), stage3, seed=6)
+    (stage3 / "flare_config.json").write_text(json.dumps({"method": "lora", "meta": {
+        "task": "qa", "lang": "sw", "base_model": str(saved / "base"), "task_adapter": str(stage1)}}))
+    data = str(saved / "test.sw.jsonl")
+    implicit = run(EvalConfig(adapter=str(stage3), data=data, output_dir=str(tmp_path / "a"), max_new_tokens=6))
+    explicit = run(EvalConfig(adapter=str(stage3), task_adapter=str(stage1), data=data,
+                              output_dir=str(tmp_path / "b"), max_new_tokens=6))
+    assert implicit.metrics["settings"]["task_adapter"] == str(stage1)
+    assert [p["raw"] for p in implicit.predictions] == [p["raw"] for p in explicit.predictions]
