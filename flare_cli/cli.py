@@ -465,6 +465,98 @@ def push(
         typer.echo(f"{result.repo_id} ({result.revision}) is up to date; no commit made: {target}")
 
 
+@app.command()
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="A small world and a few steps (the CI end-to-end run)."),
+    workdir: str = typer.Option("flare-demo", "--workdir", "-o", help="Where data, adapters and evals go (resumable)."),
+    task: str = typer.Option("qa", "--task", help="qa | nli | sentiment."),
+    seed: int = typer.Option(0, "--seed", help="Training seed."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1, help="Test rows per method (default: 500, quick 24)."),
+    world_root: Optional[str] = typer.Option(None, "--world-root", help="Toy world folder (default: $FLARE_HOME/toyworld/...)."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
+) -> None:
+    """Run the whole pipeline offline on the embedded toy world and compare FLARE with its baselines."""
+    from flare_cli import demo as demo_stage
+
+    def stage():
+        cfg = demo_stage.DemoConfig(
+            workdir=workdir, quick=quick, seed=seed, task=task, world_root=world_root, eval_limit=eval_limit
+        )
+        with _DemoReporter(_stderr_console()) as reporter:
+            return demo_stage.run(cfg, reporter)
+
+    result = run_stage(stage)
+    if json_out:
+        import dataclasses
+
+        typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
+        return
+    _print_demo_table(result)
+
+
+class _DemoReporter:
+    """Step headers with the equivalent command, and one transient progress bar per step."""
+
+    def __init__(self, console):
+        self.console = console
+        self._bar = None
+        self._task = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def step(self, index: int, total: int, title: str, command: str) -> None:
+        from rich.markup import escape
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._stop()
+        self.console.print(f"[bold cyan]\\[{index}/{total}][/] [bold]{escape(title)}[/]", highlight=False)
+        self.console.print(f"  [dim]$ {escape(command)}[/]", highlight=False, soft_wrap=True)
+        self._bar = Progress(TextColumn("  "), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                             TimeElapsedColumn(), console=self.console, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task("", total=None)
+
+    def progress(self, completed: float, total, note: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=completed, total=total, description=note)
+
+    def finished(self, seconds: float, note: str = "") -> None:
+        from rich.markup import escape
+
+        self._stop()
+        self.console.print(f"  [green]done[/] {escape(note)} [dim]({seconds:.1f}s)[/]", highlight=False)
+
+
+def _print_demo_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = [k for k in ("exact_match", "f1", "accuracy", "macro_f1") if any(k in row for row in result.rows)]
+    table = Table(title=f"flare demo: {result.task} on the toy language {result.lang}", title_justify="left")
+    table.add_column("method")
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_column("n", justify="right")
+    for row in result.rows:
+        table.add_row(row["method"], *(f"{row[k]:.1f}" for k in keys), str(row["n"]))
+    console = Console(soft_wrap=True)
+    console.print(table)
+    main_key = keys[0]
+    gain = result.score("flare", main_key) - result.score("lora", main_key)
+    console.print(f"FLARE vs translate-train LoRA: {gain:+.1f} {main_key} "
+                  f"({result.seconds:.0f}s; outputs in {result.workdir}, summary in {result.workdir}/summary.json)",
+                  highlight=False)
+
+
 @app.command("env")
 def env_(json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout.")) -> None:
     """Print versions and devices, for bug reports."""

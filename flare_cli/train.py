@@ -295,7 +295,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
         batch = _model_inputs(collate([examples[i] for i in chunk], pad_id), device)
         loss = fm(**batch).loss
         (loss / accum).backward()
-        running += float(loss)
+        running += loss.item()
         running_n += 1
         micro += 1
         if micro % accum and micro % micro_per_epoch:
