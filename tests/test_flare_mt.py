@@ -336,6 +336,11 @@ def test_cli_train_eval_and_merge_refusal(nllb_dir, tmp_path):
     assert config["method"] == "flare-mt" and config["mt_model"] == str(nllb_dir)
     assert config["fusion"] == "add_relu" and config["meta"]["lang"] == "sw"
 
+    from flare_cli.export import build_model_card
+
+    card = str(build_model_card(out))
+    assert "FLARE-MT adapter" in card and f"frozen MT encoder, `{nllb_dir}`" in card
+
     ev = runner.invoke(app, ["eval", "--adapter", str(out), "--data", str(tmp_path / "test.jsonl"),
                              "-o", str(tmp_path / "ev"), "--json"])
     assert ev.exit_code == 0, ev.output
