@@ -360,6 +360,7 @@ def test_cli_train_eval_and_merge_refusal(nllb_dir, tmp_path):
     assert no_mt.exit_code == 2 and "needs --mt-model" in no_mt.output
 
 
+@pytest.mark.slow
 def test_toy_world_flare_mt_train_and_eval(tmp_path):
     from flare_cli import evaluate, train
     from flare_cli.toyworld import build
