@@ -201,6 +201,9 @@ def train(
     fused_layers: Optional[str] = _opt("Decoder layers that fuse, comma-separated. [default: all]", "--fused-layers"),
     align: Optional[str] = _opt("Pivot alignment: end | start. [default: end]", "--align"),
     source_norm: Optional[bool] = typer.Option(None, "--source-norm/--no-source-norm", help="Norm pivot states with the layer's input norm.", show_default=False),
+    mt_model: Optional[str] = _opt("flare-mt: the frozen NLLB/M2M100 encoder (Hub id or local folder).", "--mt-model"),
+    mt_revision: Optional[str] = _opt("flare-mt: Hub revision (branch, tag or commit) of --mt-model.", "--mt-revision"),
+    mt_projection: Optional[str] = _opt("flare-mt: shared | per-layer projection d_mt -> d_model. [default: shared]", "--mt-projection"),
     r: Optional[int] = _opt("LoRA rank. [default: 8]", "--r", "--rank"),
     lora_alpha: Optional[int] = _opt("LoRA alpha. [default: 16]", "--lora-alpha"),
     lora_dropout: Optional[float] = _opt("LoRA dropout. [default: 0]", "--lora-dropout"),
@@ -278,7 +281,7 @@ def eval_(
     adapter: list[str] = typer.Option([], "--adapter", help="Adapter folder (repeatable).", show_default=False),
     compare: bool = typer.Option(False, "--compare", help="Side-by-side table of every adapter/method given."),
     method: list[str] = typer.Option(
-        [], "--method", help="zero-shot | translate-test | lora | input-fusion | flare (repeatable; "
+        [], "--method", help="zero-shot | translate-test | lora | input-fusion | flare | flare-mt (repeatable; "
         "default: the adapter's method, zero-shot without one).", show_default=False
     ),
     base: str = typer.Option(None, "--base", help="Base model (default: the adapter's)."),
@@ -294,7 +297,7 @@ def eval_(
     predict: bool = typer.Option(False, "--predict", help="Inputs without gold: write predictions only."),
     fields: str = typer.Option(None, "--fields", help="--task custom: comma-separated input columns."),
     labels: str = typer.Option(None, "--labels", help="--task custom: comma-separated label words."),
-    mt_model: str = typer.Option(None, "--mt-model", help="MT model for pivots missing from the data."),
+    mt_model: str = typer.Option(None, "--mt-model", help="MT model for pivots missing from the data; for a flare-mt adapter, a local copy of its MT encoder."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable results on stdout."),
 ) -> None:
     """Evaluate adapters and baselines on a task's target-language test set."""

@@ -2,6 +2,9 @@
 
 Prompts longer than ``max_length`` keep their first token (BOS) and their *end*, so the template
 tail ("Answer:") that end-alignment relies on always survives truncation.
+
+FLARE-MT examples also carry the target prompt in MT-encoder tokens (``mt_ids``, first token the
+target language's code); only ids are made here: the encoder runs batched in the model forward.
 """
 
 from __future__ import annotations
@@ -30,11 +33,20 @@ class Example:
     input_ids: list[int]
     prompt_len: int
     pivot_ids: Optional[list[int]] = None
+    mt_ids: Optional[list[int]] = None
 
 
-def build_examples(tokenizer, task, rows: Sequence[dict], method: str, max_length: int) -> list[Example]:
+def build_examples(
+    tokenizer, task, rows: Sequence[dict], method: str, max_length: int, *, mt_encoder=None, lang: Optional[str] = None
+) -> list[Example]:
+    """``mt_encoder`` (an ``MTEncoder``) and ``lang`` (the target language) are for ``flare-mt``."""
+    mt_ids: list = [None] * len(rows)
+    if method == "flare-mt":
+        if mt_encoder is None or lang is None:
+            raise ValueError("flare-mt examples need mt_encoder= and lang=")
+        mt_ids = mt_encoder.encode_texts([task.prompt(row) for row in rows], lang, max_length)
     examples = []
-    for row in rows:
+    for row, row_mt_ids in zip(rows, mt_ids):
         if method == "input-fusion":
             prompt = task.input_fusion_prompt(row)
         else:
@@ -42,12 +54,12 @@ def build_examples(tokenizer, task, rows: Sequence[dict], method: str, max_lengt
         prompt_ids = encode_prompt(tokenizer, prompt, max_length * (2 if method == "input-fusion" else 1))
         answer_ids = encode_answer(tokenizer, task.target(row))
         pivot_ids = encode_prompt(tokenizer, task.prompt(row, pivot=True), max_length) if method in ("flare",) else None
-        examples.append(Example(prompt_ids + answer_ids, len(prompt_ids), pivot_ids))
+        examples.append(Example(prompt_ids + answer_ids, len(prompt_ids), pivot_ids, row_mt_ids))
     return examples
 
 
 def collate(examples: Sequence[Example], pad_id: int):
-    """Right-padded target (ids, mask, labels on answers only, prompt mask) and pivot tensors."""
+    """Right-padded target (ids, mask, labels on answers only, prompt mask), pivot and MT tensors."""
     import torch
 
     L = max(len(e.input_ids) for e in examples)
@@ -71,4 +83,13 @@ def collate(examples: Sequence[Example], pad_id: int):
             piv[i, : len(e.pivot_ids)] = torch.tensor(e.pivot_ids)
             pmask[i, : len(e.pivot_ids)] = 1
         batch.update(pivot_input_ids=piv, pivot_attention_mask=pmask)
+    if examples[0].mt_ids is not None:
+        # padded with 0: the MT encoder puts its own pad id under the mask (M2M100 counts positions from it)
+        Lm = max(len(e.mt_ids) for e in examples)
+        mt = torch.zeros(B, Lm, dtype=torch.long)
+        mmask = torch.zeros(B, Lm, dtype=torch.long)
+        for i, e in enumerate(examples):
+            mt[i, : len(e.mt_ids)] = torch.tensor(e.mt_ids)
+            mmask[i, : len(e.mt_ids)] = 1
+        batch.update(mt_input_ids=mt, mt_attention_mask=mmask)
     return batch

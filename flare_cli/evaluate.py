@@ -3,7 +3,8 @@
 Three layers, each usable alone:
 
 - ``generate_answers``: batched, left-padded greedy generation with the KV cache; with pivots it
-  drives a FlareModel (one no-grad prefill over the pivot batch, prompt fused, new tokens unfused).
+  drives a FlareModel (one no-grad prefill over the pivot batch, prompt fused, new tokens unfused);
+  with ``mt_lang`` a FLARE-MT model (its MT encoder reads the target prompt: no pivot, no English).
 - ``evaluate_rows``: builds each method's inputs from task rows, parses and scores; writes nothing.
 - ``run``: loads models from an EvalConfig, evaluates, writes ``predictions.jsonl`` and
   ``metrics.json`` atomically.
@@ -21,13 +22,14 @@ from typing import Any, Callable, Optional, Sequence
 from flare_cli.errors import ConfigError, ModelError
 from flare_cli.tasks import Task, get_task
 
-METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare")
+METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt")
 # Methods that read the English pivot_* columns.
 PIVOT_METHODS = ("translate-test", "input-fusion", "flare")
 # Methods run on the (stage-1) base alone, without a target-language adapter.
 BASE_ONLY_METHODS = ("zero-shot", "translate-test")
 DEFAULT_MAX_NEW_TOKENS = {"qa": 32}
 DEFAULT_LABEL_MAX_NEW_TOKENS = 8
+MT_MAX_LENGTH = 1024  # FLARE-MT: MT-encoder tokens kept per prompt (the language tag and the end)
 
 
 @dataclass
@@ -69,6 +71,7 @@ def generate_answers(
     prompts: Sequence[str],
     *,
     pivots: Optional[Sequence[str]] = None,
+    mt_lang: Optional[str] = None,
     max_new_tokens: int = 32,
     batch_size: int = 8,
     progress: Optional[Callable[[int], None]] = None,
@@ -76,7 +79,9 @@ def generate_answers(
     """Greedy answers (new tokens only, cut at the first newline) for ``prompts``, in order.
 
     With ``pivots`` (one English prompt per target prompt), ``model`` is a FlareModel and gets the
-    left-padded pivot batch as ``pivot_input_ids``/``pivot_attention_mask``.
+    left-padded pivot batch as ``pivot_input_ids``/``pivot_attention_mask``. With ``mt_lang`` (the
+    prompts' language), ``model`` is a FLARE-MT FlareModel and gets the prompts in its MT encoder's
+    tokens, tagged with that language's code, as ``mt_input_ids``/``mt_attention_mask``.
     """
     import torch
 
@@ -100,6 +105,11 @@ def generate_answers(
             if pivots is not None:
                 pivot_ids, pivot_mask = _left_padded(tokenizer, pivots[start : start + batch_size], device)
                 kwargs = {"pivot_input_ids": pivot_ids, "pivot_attention_mask": pivot_mask}
+            elif mt_lang is not None:
+                encoder = model.mt_encoder
+                rows = encoder.encode_texts(prompts[start : start + batch_size], mt_lang, MT_MAX_LENGTH)
+                mt_ids, mt_mask = encoder.pad(rows, side="left", device=device)
+                kwargs = {"mt_input_ids": mt_ids, "mt_attention_mask": mt_mask}
             with torch.no_grad():
                 output = model.generate(
                     input_ids=input_ids,
@@ -124,8 +134,8 @@ def generate_answers(
 
 # -- method inputs and scoring ------------------------------------------------------------------
 def build_inputs(task: Task, rows: Sequence[dict], method: str) -> tuple[list[str], Optional[list[str]]]:
-    """(prompts, pivots) for ``method``; pivots only for FLARE."""
-    if method in ("zero-shot", "lora"):
+    """(prompts, pivots) for ``method``; pivots only for FLARE (FLARE-MT reads the prompts)."""
+    if method in ("zero-shot", "lora", "flare-mt"):
         return [task.prompt(r) for r in rows], None
     if method == "translate-test":
         return [task.prompt(r, pivot=True) for r in rows], None
@@ -163,6 +173,7 @@ def evaluate_rows(
         tokenizer,
         prompts,
         pivots=pivots,
+        mt_lang=lang if method == "flare-mt" else None,
         max_new_tokens=max_new_tokens or default_max_new_tokens(task),
         batch_size=batch_size,
         progress=progress,
@@ -224,13 +235,17 @@ def _attach_lora(model, adapter_dir: str):
         raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({str(err).splitlines()[0]})") from None
 
 
-def _load_adapter(model, adapter_dir: str, settings: dict):
+def _load_adapter(model, adapter_dir: str, settings: dict, mt_model: Optional[str] = None):
+    """``mt_model`` (FLARE-MT only) replaces the recorded MT encoder, e.g. a local copy of it."""
     if settings.get("method") in ("flare", "flare-mt"):
         try:
-            from flare_cli.flare import load_flare_model
+            from flare_cli.flare import load_flare_model, load_mt_encoder
         except ImportError:
             raise ModelError("FLARE adapters need flare_cli.flare, which this install lacks") from None
-        return load_flare_model(model, adapter_dir)
+        encoder = None
+        if settings.get("method") == "flare-mt" and mt_model:
+            encoder = load_mt_encoder(mt_model, dtype=model.get_input_embeddings().weight.dtype)
+        return load_flare_model(model, adapter_dir, mt_encoder=encoder)
     return _attach_lora(model, adapter_dir)
 
 
@@ -250,16 +265,14 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
     # Provenance keys sit at the top level (architecture.md) or under "meta" (FlareConfig.to_dict).
     settings = {**settings.get("meta", {}), **settings}
     method = cfg.method or settings.get("method") or ("lora" if cfg.adapter else "zero-shot")
-    if method == "flare-mt":
-        raise ConfigError("evaluating flare-mt adapters is not supported by `flare eval` yet")
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
     if method in BASE_ONLY_METHODS and cfg.adapter:
         raise ConfigError(f"--method {method} runs the base (plus --task-adapter), not --adapter")
     if method not in BASE_ONLY_METHODS and not cfg.adapter:
         raise ConfigError(f"--method {method} needs --adapter DIR")
-    if method == "flare" and settings.get("method") != "flare":
-        raise ConfigError(f"{cfg.adapter}: --method flare needs an adapter trained with --method flare")
+    if method in ("flare", "flare-mt") and settings.get("method") != method:
+        raise ConfigError(f"{cfg.adapter}: --method {method} needs an adapter trained with --method {method}")
     task_name = cfg.task or settings.get("task")
     lang = cfg.lang or settings.get("lang")
     if not task_name:
@@ -318,7 +331,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
 
     model, tokenizer = _load_base(resolved.base, resolved.task_adapter, cfg.dtype)
     if cfg.adapter:
-        model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter))
+        model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter), mt_model=cfg.mt_model)
     model.eval()
 
     max_new_tokens = cfg.max_new_tokens or default_max_new_tokens(task)
@@ -352,6 +365,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "predict": cfg.predict,
             "decoding": "greedy",
             "pivots": f"translated on the fly by {pivots_from}" if pivots_from else "data",
+            **({"mt_encoder": model.mt_encoder.model_id} if resolved.method == "flare-mt" else {}),
         },
     }
     out = Path(cfg.output_dir)

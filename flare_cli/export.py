@@ -450,8 +450,9 @@ def _card_body(
         lines += [
             "## Warning: this is NOT the trained model",
             "",
-            f"The adapter was trained with FLARE ({method}); its LoRA output depends on the English pivot, "
-            "which a merged model cannot receive. This model was written with `flare merge --drop-pivot`: "
+            f"The adapter was trained with FLARE ({method}); its LoRA output depends on "
+            + ("the MT encoder's states of the input" if method == "flare-mt" else "the English pivot")
+            + ", which a merged model cannot receive. This model was written with `flare merge --drop-pivot`: "
             "the pivot path is dropped, so it behaves differently from the trained adapter. Evaluate it with "
             "`flare eval` before use; the faithful export is the standalone adapter.",
             "",
@@ -493,6 +494,16 @@ def _card_body(
             "`lora_flare_*` tensors and the pivot: that gives the pivot-less model, not the trained one.",
             "",
         ]
+        if method == "flare-mt":
+            revision = flare.get("mt_revision")
+            lines += [
+                f"FLARE-MT needs its frozen MT encoder, `{flare.get('mt_model')}`"
+                + (f" (revision `{revision}`)" if revision else "")
+                + ": it is not part of this adapter; flare_cli loads it as named in `flare_config.json` "
+                "(`flare eval --mt-model PATH` points to a local copy). No English pivot and no translation "
+                "are needed at inference.",
+                "",
+            ]
     else:
         lines += [
             "```python",

@@ -1,4 +1,4 @@
-"""`flare train`: stage 1 (English LoRA) and stage 3 (LoRA / FLARE / input-fusion on the target).
+"""`flare train`: stage 1 (English LoRA) and stage 3 (LoRA / FLARE / input-fusion / FLARE-MT on the target).
 
 A readable recipe: setup -> (resume) -> loop of micro-batches with gradient accumulation ->
 periodic validation and checkpoints -> the best adapter written to the output folder.
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from flare_cli.config import dump_yaml, public_dict
-from flare_cli.errors import ConfigError, NotBuiltError
+from flare_cli.errors import ConfigError
 
 RESULT_NAME = "train_result.json"
 OWN_FILES = {"train_config.yaml", "trainer_log.jsonl", "checkpoints", RESULT_NAME}
@@ -46,6 +46,9 @@ class TrainConfig:
     fused_layers: Optional[list[int]] = None
     align: str = "end"
     source_norm: bool = False
+    mt_model: Optional[str] = None  # flare-mt: the frozen NLLB/M2M100 encoder (Hub id or local folder)
+    mt_revision: Optional[str] = None  # flare-mt: Hub revision of mt_model
+    mt_projection: str = "shared"  # flare-mt: one projection for every fused layer, or per-layer
     r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -70,10 +73,14 @@ class TrainConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.method == "flare-mt":
-            raise NotBuiltError("--method flare-mt is not built yet (the FLARE-MT stage); nothing was done")
-        if self.method not in ("lora", "flare", "input-fusion"):
+        if self.method not in ("lora", "flare", "input-fusion", "flare-mt"):
             raise ConfigError(f"unknown method {self.method!r}; choose lora, flare, input-fusion or flare-mt")
+        if self.method == "flare-mt" and not self.mt_model:
+            raise ConfigError("--method flare-mt needs --mt-model (an NLLB/M2M100 Hub id or local folder)")
+        if self.method != "flare-mt" and (self.mt_model or self.mt_revision):
+            raise ConfigError("--mt-model/--mt-revision are for --method flare-mt only")
+        if self.mt_projection not in ("shared", "per-layer"):
+            raise ConfigError(f"--mt-projection must be shared or per-layer, got {self.mt_projection!r}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}"
@@ -131,6 +138,21 @@ def _load_rows(cfg: TrainConfig, source: Optional[str], split: str, task):
     if cfg.method in ("flare", "input-fusion"):
         task.require_pivots(rows, source or task.hub_id or cfg.task)
     return rows[: cfg.limit] if cfg.limit else rows
+
+
+def _load_mt_encoder(cfg: TrainConfig, model):
+    """FLARE-MT: the frozen MT encoder in the base's dtype; its tokenizer must know the target's code."""
+    from flare_cli.flare import load_mt_encoder
+
+    encoder = load_mt_encoder(cfg.mt_model, cfg.mt_revision, dtype=model.get_input_embeddings().weight.dtype)
+    encoder.lang_code(cfg.lang)  # fails now, with the language named, rather than at the first batch
+    return encoder
+
+
+def _mt_revision(cfg: TrainConfig) -> Optional[str]:
+    from flare_cli.flare.mt_encoder import resolved_revision
+
+    return resolved_revision(cfg.mt_model, cfg.mt_revision)
 
 
 def _latest_checkpoint(out: Path) -> Optional[Path]:
@@ -240,22 +262,25 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else cfg.target_modules
+    mt_encoder = _load_mt_encoder(cfg, model) if cfg.method == "flare-mt" else None
     flare_config = FlareConfig(
-        method=cfg.method, fusion=cfg.fusion if cfg.method == "flare" else "none", r=cfg.r,
+        method=cfg.method, fusion=cfg.fusion if cfg.method in ("flare", "flare-mt") else "none", r=cfg.r,
         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
         fused_modules=cfg.fused_modules, fused_layers=cfg.fused_layers, align=cfg.align,
-        source_norm=cfg.source_norm,
+        source_norm=cfg.source_norm, mt_model=cfg.mt_model, mt_projection=cfg.mt_projection,
+        mt_revision=_mt_revision(cfg) if mt_encoder is not None else None,
         meta={"base_model": cfg.base, "task": cfg.task, "lang": cfg.lang, "task_adapter": cfg.task_adapter,
               "train_data": cfg.data},
     )
-    fm = get_flare_model(model, flare_config)
+    fm = get_flare_model(model, flare_config, mt_encoder=mt_encoder)
     if cfg.gradient_checkpointing:
         fm.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     device = device or next(fm.parameters()).device
     fm.train()
 
-    examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length)
-    val_examples = build_examples(tokenizer, task, val_rows, cfg.method, cfg.max_length) if val_rows else []
+    mt = {"mt_encoder": mt_encoder, "lang": cfg.lang} if mt_encoder is not None else {}
+    examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length, **mt)
+    val_examples = build_examples(tokenizer, task, val_rows, cfg.method, cfg.max_length, **mt) if val_rows else []
     accum = cfg.batch_size // cfg.micro_batch_size
     micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
     steps_per_epoch = max(1, micro_per_epoch // accum)

@@ -44,9 +44,15 @@ class FlareVariant(lora_layer.LoraVariant):
         fusion = config._flare_settings.fusion
         module.flare_fusion[adapter_name] = fusion
         factory = FUSION_PARAMS.get(fusion)
+        weight = module.lora_A[adapter_name].weight
         if factory is not None:
-            weight = module.lora_A[adapter_name].weight
             module.lora_flare_xattn[adapter_name] = factory(module.r[adapter_name]).to(weight.device, weight.dtype)
+        settings = config._flare_settings
+        if settings.owns_mt_projection(module.flare_name):
+            # FLARE-MT: the trainable map d_mt -> d_model from MT encoder states to pivot states ``h``.
+            # No bias, so absent (zero) positions stay zero. Saved with the LoRA weights.
+            proj = nn.Linear(settings.mt_hidden_size, module.in_features, bias=False)
+            module.lora_flare_mtproj[adapter_name] = proj.to(weight.device, weight.dtype)
 
     @staticmethod
     def _refuse(module: "FlareLinear", active_adapter: str) -> None:
@@ -102,11 +108,12 @@ class FlareVariant(lora_layer.LoraVariant):
 class FlareLinear(lora_layer.Linear):
     """peft lora.Linear that resolves to FlareVariant on the modules FLARE fuses."""
 
-    adapter_layer_names = lora_layer.Linear.adapter_layer_names + ("lora_flare_xattn",)
+    adapter_layer_names = lora_layer.Linear.adapter_layer_names + ("lora_flare_xattn", "lora_flare_mtproj")
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config, **kwargs) -> None:
         if not hasattr(self, "lora_flare_xattn"):
             self.lora_flare_xattn = nn.ModuleDict()
+            self.lora_flare_mtproj = nn.ModuleDict()  # FLARE-MT projection, on its owner modules only
             self.flare_fusion: dict[str, str] = {}
             self.flare_session = None  # PivotSession, attached by FlareModel per forward
         self.flare_name = kwargs.get("target_name", "")

@@ -37,6 +37,7 @@ from flare_cli.flare.pivot import (
 
 FLARE_CONFIG_NAME = "flare_config.json"
 METHODS = ("lora", "flare", "input-fusion", "flare-mt")
+MT_PROJECTIONS = ("shared", "per-layer")
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 
 
@@ -54,7 +55,12 @@ class FlareConfig:
     fused_layers: Optional[list[int]] = None
     align: str = "end"
     source_norm: bool = False
+    # FLARE-MT: the frozen MT encoder (Hub id or local folder; revision None for a local folder), its
+    # hidden size, and whether one projection d_mt -> d_model serves every fused layer or each has its own
     mt_model: Optional[str] = None
+    mt_revision: Optional[str] = None
+    mt_hidden_size: Optional[int] = None
+    mt_projection: str = "shared"
     # provenance, not used by the math: base model, task, language, stage-1 adapter, versions
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -67,6 +73,8 @@ class FlareConfig:
             raise ConfigError(f"unknown align {self.align!r}; choose 'end' or 'start'")
         if self.r <= 0:
             raise ConfigError(f"r must be a positive integer, got {self.r}")
+        if self.mt_projection not in MT_PROJECTIONS:
+            raise ConfigError(f"unknown mt_projection {self.mt_projection!r}; choose 'shared' or 'per-layer'")
         if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         if isinstance(self.fused_modules, str):
@@ -88,6 +96,22 @@ class FlareConfig:
             return False
         layer = layer_index_of(module_name)
         return layer is not None and (self.fused_layers is None or layer in self.fused_layers)
+
+    def owns_mt_projection(self, module_name: str) -> bool:
+        """FLARE-MT: whether this fused module holds a projection (``lora_flare_mtproj``).
+
+        The owner is the first fused module name (``fused_modules[0]``) of the lowest fused layer
+        (shared projection), or of every fused layer (``mt_projection="per-layer"``).
+        """
+        if self.method != "flare-mt" or not self.fuses(module_name):
+            return False
+        if module_name.rsplit(".", 1)[-1] != self.fused_modules[0]:
+            return False
+        if self.mt_hidden_size is None:
+            raise ConfigError("flare-mt needs mt_hidden_size (the MT encoder's d_model); pass mt_encoder=")
+        if self.mt_projection == "per-layer":
+            return True
+        return layer_index_of(module_name) == min(self.fused_layers or [0])
 
     def to_lora_config(self):
         from peft import LoraConfig
@@ -144,18 +168,48 @@ def _lora_config_for(config: FlareConfig, lora_config=None):
     return lora_config
 
 
-def get_flare_model(model: nn.Module, config: FlareConfig, adapter_name: str = "default") -> "FlareModel":
-    """Wrap a HF causal LM with a fresh FLARE (or plain LoRA) adapter, B = 0 as in peft."""
+def _check_mt_encoder(config: FlareConfig, mt_encoder) -> None:
+    if mt_encoder is None:
+        raise ConfigError("a flare-mt model needs its MT encoder (mt_encoder=, see flare_cli.flare.load_mt_encoder)")
+    if config.mt_hidden_size is None:
+        config.mt_hidden_size = mt_encoder.hidden_size
+    elif config.mt_hidden_size != mt_encoder.hidden_size:
+        raise ModelError(
+            f"MT encoder {mt_encoder.model_id!r} has hidden size {mt_encoder.hidden_size}, but this adapter's "
+            f"projection expects {config.mt_hidden_size} (mt_model {config.mt_model!r})"
+        )
+    if config.mt_model is None:
+        config.mt_model = mt_encoder.model_id
+
+
+def get_flare_model(
+    model: nn.Module, config: FlareConfig, adapter_name: str = "default", *, mt_encoder=None
+) -> "FlareModel":
+    """Wrap a HF causal LM with a fresh FLARE (or plain LoRA) adapter, B = 0 as in peft.
+
+    FLARE-MT also takes the frozen ``mt_encoder`` (``flare_cli.flare.load_mt_encoder``).
+    """
     from peft import get_peft_model
 
+    if config.method == "flare-mt":
+        _check_mt_encoder(config, mt_encoder)
     peft_model = get_peft_model(model, _lora_config_for(config), adapter_name=adapter_name)
-    return FlareModel(peft_model, config)
+    return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
 
 def load_flare_model(
-    model: nn.Module, adapter_dir: Union[str, Path], *, is_trainable: bool = False, adapter_name: str = "default"
+    model: nn.Module,
+    adapter_dir: Union[str, Path],
+    *,
+    is_trainable: bool = False,
+    adapter_name: str = "default",
+    mt_encoder=None,
 ) -> "FlareModel":
-    """Load an adapter saved by FlareModel.save_pretrained onto ``model`` and restore its fusion."""
+    """Load an adapter saved by FlareModel.save_pretrained onto ``model`` and restore its fusion.
+
+    A FLARE-MT adapter loads its frozen MT encoder from ``mt_model``/``mt_revision`` in
+    flare_config.json unless ``mt_encoder`` is given.
+    """
     from peft import LoraConfig, PeftModel
 
     adapter_dir = Path(adapter_dir)
@@ -165,6 +219,15 @@ def load_flare_model(
     if raw is None:
         raise ModelError(f"{adapter_dir}: no {FLARE_CONFIG_NAME}; not an adapter written by flare_cli")
     config = FlareConfig.from_dict(raw)
+    if config.method == "flare-mt":
+        if mt_encoder is None:
+            if not config.mt_model:
+                raise ModelError(f"{adapter_dir}: a flare-mt adapter without mt_model in {FLARE_CONFIG_NAME}")
+            from flare_cli.flare.mt_encoder import load_mt_encoder
+
+            dtype = model.get_input_embeddings().weight.dtype
+            mt_encoder = load_mt_encoder(config.mt_model, config.mt_revision, dtype=dtype)
+        _check_mt_encoder(config, mt_encoder)
     lora_config = _lora_config_for(config, LoraConfig.from_pretrained(str(adapter_dir)))
     try:
         peft_model = PeftModel.from_pretrained(
@@ -172,7 +235,7 @@ def load_flare_model(
         )
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
-    return FlareModel(peft_model, config)
+    return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
 
 class FlareModel(nn.Module):
@@ -183,17 +246,25 @@ class FlareModel(nn.Module):
     pivot (the reference code silently trained plain LoRA under gradient checkpointing).
     """
 
-    def __init__(self, peft_model: nn.Module, config: FlareConfig):
+    def __init__(self, peft_model: nn.Module, config: FlareConfig, mt_encoder: Optional[nn.Module] = None):
         super().__init__()
         self.peft_model = peft_model
         self.flare_config = config
         named = list(peft_model.named_modules())
         self._fused = [m for _, m in named if isinstance(m, FlareLinear) and m.is_fused]
         self._fused_layers = sorted({m.flare_layer for m in self._fused})
-        if config.is_fused and config.method == "flare" and not self._fused:
+        if config.is_fused and not self._fused:
             raise ConfigError(
                 f"no module matches fused modules {config.fused_modules} (layers {config.fused_layers})"
             )
+        self.mt_encoder = None
+        self._mt_owners: dict[int, FlareLinear] = {}
+        if config.method == "flare-mt":
+            self._mt_owners = {m.flare_layer: m for m in self._fused if len(m.lora_flare_mtproj) > 0}
+            if not self._mt_owners:
+                raise ConfigError(f"flare-mt: no fused {config.fused_modules[0]} module to hold the MT projection")
+            embed = self.base_model.get_input_embeddings().weight
+            self.mt_encoder = mt_encoder.to(device=embed.device, dtype=embed.dtype)
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -247,6 +318,43 @@ class FlareModel(nn.Module):
         states = {layer: gather_aligned(h, index, present) for layer, h in raw.items()}
         return PivotSession(states=states, present=present, prefill_only=prefill_only)
 
+    # -- FLARE-MT ----------------------------------------------------------------------------
+    def mt_projection(self, layer: int) -> nn.Linear:
+        """The trainable map d_mt -> d_model whose output is ``h`` in fused layer ``layer``."""
+        owner = self._mt_owners.get(layer) if self.flare_config.mt_projection == "per-layer" else next(
+            iter(self._mt_owners.values())
+        )
+        if owner is None:
+            raise PivotError(f"flare-mt: fused layer {layer} has no MT projection")
+        active = self.peft_model.active_adapter
+        return owner.lora_flare_mtproj[active if isinstance(active, str) else active[0]]
+
+    def mt_session(
+        self,
+        mt_input_ids: torch.Tensor,
+        mt_attention_mask: torch.Tensor,
+        target_prompt_mask: torch.Tensor,
+        *,
+        prefill_only: bool = False,
+    ) -> PivotSession:
+        """Run the frozen MT encoder (no_grad), align its states to the target prompt positions and
+        project them (with grad: the projection trains) to the pivot state of every fused layer."""
+        if mt_input_ids.shape[0] != target_prompt_mask.shape[0]:
+            raise PivotError(
+                f"MT batch has {mt_input_ids.shape[0]} rows but the target batch has {target_prompt_mask.shape[0]}"
+            )
+        encoded = self.mt_encoder(mt_input_ids, mt_attention_mask)  # (B, Ls, d_mt), frozen
+        mask = mt_attention_mask.to(target_prompt_mask.device)
+        index, present = align_index(mask, target_prompt_mask, self.flare_config.align)
+        first = self.mt_projection(self._fused_layers[0]).weight
+        aligned = gather_aligned(encoded.to(first.device, first.dtype), index.to(first.device), present.to(first.device))
+        if self.flare_config.mt_projection == "shared":
+            h = self.mt_projection(self._fused_layers[0])(aligned)  # one map, computed once per forward
+            states = {layer: h for layer in self._fused_layers}
+        else:  # no bias: zero (absent) positions stay zero
+            states = {layer: self.mt_projection(layer)(aligned) for layer in self._fused_layers}
+        return PivotSession(states=states, present=present, prefill_only=prefill_only)
+
     # -- running ---------------------------------------------------------------------------
     def forward(
         self,
@@ -257,21 +365,38 @@ class FlareModel(nn.Module):
         prompt_mask: Optional[torch.Tensor] = None,
         pivot_input_ids: Optional[torch.Tensor] = None,
         pivot_attention_mask: Optional[torch.Tensor] = None,
+        mt_input_ids: Optional[torch.Tensor] = None,
+        mt_attention_mask: Optional[torch.Tensor] = None,
         no_pivot: bool = False,
         **kwargs: Any,
     ):
         """Fused forward. ``prompt_mask`` (B, L) marks target prompt tokens (default: every real
-        token); answer and padding positions are absent. ``no_pivot=True`` runs phi(0, T)."""
+        token); answer and padding positions are absent. ``no_pivot=True`` runs phi(0, T).
+        FLARE-MT takes ``mt_input_ids``/``mt_attention_mask`` (the target prompt in MT-encoder
+        tokens, tagged with the target language) instead of the pivot."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        self._attach(self._session_for(input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot))
+        self._attach(self._session_for(
+            input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot,
+            mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask,
+        ))
         return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
-    def _session_for(self, input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot, prefill_only=False):
+    def _session_for(self, input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot,
+                     prefill_only=False, mt_input_ids=None, mt_attention_mask=None):
         if not self._fused:
             return None
         if no_pivot:
             return PivotSession()
+        if self.flare_config.method == "flare-mt":
+            if mt_input_ids is None:
+                raise PivotError(
+                    "this FLARE-MT adapter needs mt_input_ids (the target prompt in MT-encoder tokens), or no_pivot=True"
+                )
+            if mt_attention_mask is None:
+                mt_attention_mask = torch.ones_like(mt_input_ids)
+            target_mask = attention_mask.bool() if prompt_mask is None else prompt_mask.bool() & attention_mask.bool()
+            return self.mt_session(mt_input_ids, mt_attention_mask, target_mask, prefill_only=prefill_only)
         if pivot_input_ids is None:
             raise PivotError("this FLARE adapter needs pivot_input_ids (the English pivot prompt), or no_pivot=True")
         if pivot_attention_mask is None:
@@ -287,17 +412,21 @@ class FlareModel(nn.Module):
         *,
         pivot_input_ids: Optional[torch.Tensor] = None,
         pivot_attention_mask: Optional[torch.Tensor] = None,
+        mt_input_ids: Optional[torch.Tensor] = None,
+        mt_attention_mask: Optional[torch.Tensor] = None,
         no_pivot: bool = False,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """HF generate with the prompt fused during prefill; generated tokens are absent.
 
-        One extra no-grad prefill over the pivot, never a generation on it.
+        One extra no-grad prefill over the pivot, never a generation on it (FLARE-MT: one pass of
+        the MT encoder over the target prompt, no English at all).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         session = self._session_for(
-            input_ids, attention_mask, None, pivot_input_ids, pivot_attention_mask, no_pivot, prefill_only=True
+            input_ids, attention_mask, None, pivot_input_ids, pivot_attention_mask, no_pivot, prefill_only=True,
+            mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask,
         )
         handle = None
         if session is not None and session.states is not None:
