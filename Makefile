@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo demo-quick clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,7 +15,10 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
-	$(VENV)/bin/flare --help
+	$(VENV)/bin/flare demo
+
+demo-quick: setup
+	$(VENV)/bin/flare demo --quick -o flare-demo-quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info flare-demo flare-demo-quick

@@ -36,6 +36,9 @@ class Recipe:
     stage3: dict[str, Any]  # TrainConfig fields shared by the target-language LoRA and FLARE
     eval_limit: Optional[int]
     eval_batch_size: int = 32
+    # Rows translated per split (the MT model is the slowest step on a CPU); None: all of them.
+    train_rows: Optional[int] = None
+    validation_rows: Optional[int] = None
 
 
 RECIPES = {
@@ -43,13 +46,15 @@ RECIPES = {
     # r=8/alpha=16 LoRA on every linear layer, with the pivot fused into q_proj and v_proj.
     "full": Recipe(
         world_size="full",
-        num_beams=2,
+        num_beams=1,
         stage1=dict(target_modules="all-linear", r=16, lora_alpha=32, learning_rate=3e-3, batch_size=32,
                     micro_batch_size=32, max_steps=800, warmup_ratio=0.05, eval_steps=200, max_length=160),
         stage3=dict(target_modules="all-linear", fused_modules="q_proj,v_proj", r=8, lora_alpha=16,
                     learning_rate=5e-3, batch_size=32, micro_batch_size=32, max_steps=400, warmup_ratio=0.05,
                     eval_steps=100, max_length=160),
         eval_limit=500,
+        train_rows=1000,
+        validation_rows=200,
     ),
     # The CI end-to-end run: every step and file, barely trained.
     "quick": Recipe(
@@ -170,15 +175,20 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
         "validation": (world_root / "data" / task / "validation.en.jsonl", data_dir / f"validation.{lang}.jsonl", "train"),
         "test": (world_root / "data" / task / f"test.{lang}.jsonl", data_dir / f"test.{lang}.jsonl", "test"),
     }
+    limit = cfg.eval_limit or recipe.eval_limit
+    rows_of = {"train": recipe.train_rows, "validation": recipe.validation_rows, "test": limit}
     for split, (src, dst, direction) in files.items():
         what = ("English training data into qtw (translate-train)" if split == "train" else
                 "English validation data into qtw" if split == "validation" else
                 "qtw test inputs into English pivots (translate-test)")
+        n = rows_of[split]
+        head = f"head -n {n} {shlex.quote(str(src))} | " if n else ""
         pipe.add(f"translate_{split}", f"Translate the {what}",
-                 command("flare", "translate", "--input", src, "--output", dst, "--lang", lang, "--task", task,
-                         "--direction", direction, "--mt-model", mt_dir, "--num-beams", recipe.num_beams),
-                 lambda src=src, dst=dst, direction=direction: _translate(src, dst, direction, lang, task, mt_dir,
-                                                                          recipe, reporter))
+                 head + command("flare", "translate", "--input", "-" if n else src, "--output", dst, "--lang", lang,
+                                "--task", task, "--direction", direction, "--mt-model", mt_dir,
+                                "--num-beams", recipe.num_beams),
+                 lambda src=src, dst=dst, direction=direction, n=n: _translate(
+                     src, dst, direction, lang, task, mt_dir, recipe, n, reporter))
 
     base = str(world_root / "base")
     stage1_dir = work / "stage1-en"
@@ -207,7 +217,6 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
                      base, out, task, lang, method, files["train"][1], files["validation"][1], stage1_dir,
                      stage3, reporter))
 
-    limit = cfg.eval_limit or recipe.eval_limit
     test_file = files["test"][1]
     results: dict[str, dict] = {}
     for method in EVAL_METHODS:
@@ -228,7 +237,13 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
              command("flare", "push", "--folder", adapters["flare"], "--repo-id", cfg.repo_id, "--dry-run"),
              lambda: _push(adapters["flare"], cfg.repo_id, state))
 
-    pipe.run()
+    from flare_cli.toyworld.pretrain import restored_threads, train_threads
+
+    with restored_threads():
+        import torch
+
+        torch.set_num_threads(train_threads())  # one thread on busy cores: two would spin-wait
+        pipe.run()
     rows = [_table_row(method, results[method], task) for method in EVAL_METHODS]
     result = DemoResult(
         workdir=str(work), world_root=str(world_root), task=task, lang=lang, rows=rows, timings=pipe.timings,
@@ -260,12 +275,18 @@ def _flags(options: dict[str, Any]) -> list[str]:
 
 
 def _translate(src: Path, dst: Path, direction: str, lang: str, task: str, mt_dir: Path, recipe: Recipe,
-               reporter: Reporter) -> str:
+               n_rows: Optional[int], reporter: Reporter) -> str:
     from flare_cli import translate
 
     meta = Path(str(dst) + ".meta.json")
     if dst.is_file() and meta.is_file():
         return "reused"
+    if n_rows:  # the first n rows, as `head -n` would give
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subset = dst.with_name(f"{src.stem}.first{n_rows}.jsonl")
+        lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:n_rows]
+        subset.write_text("".join(lines), encoding="utf-8")
+        src = subset
 
     class Sink:
         total = 0

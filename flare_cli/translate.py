@@ -603,11 +603,11 @@ def _translate_qa_train(rows: list[dict], fields: tuple[str, ...], mt: _Translat
 # ------------------------------------------------------------------ pivots on the fly (flare eval)
 
 
-def translate_pivots(
-    rows: list[dict],
-    fields: Iterable[str],
+def translate_texts(
+    texts: list[str],
     *,
     lang: str,
+    direction: str,
     mt_model: str | None = None,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
@@ -615,6 +615,33 @@ def translate_pivots(
     max_new_tokens: int = 256,
     engine: "HFTranslator | None" = None,
     progress: ProgressSink | None = None,
+) -> list[str]:
+    """Translate ``texts`` English -> ``lang`` (direction "train") or ``lang`` -> English ("test"),
+    through the same cache as ``flare translate``; blank texts stay blank."""
+    cfg = TranslateConfig(
+        input="<texts>", output="-", lang=lang, direction=direction, fields=("text",),
+        mt_model=mt_model or DEFAULT_MT_MODEL, revision=revision, num_beams=num_beams,
+        max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None,
+    )
+    _, src, tgt = _validate(cfg)
+    if not any(t.strip() for t in texts):
+        return list(texts)
+    engine = engine or HFTranslator(cfg.mt_model, cfg.revision)
+    engine.lang_code(src), engine.lang_code(tgt)
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else flare_home() / "mt_cache"
+    with TranslationCache(cache_root / "translations.sqlite") as cache:
+        table = _Translator(cfg, engine, cache, src, tgt, progress).translate_all(texts)
+    return [table[t] for t in texts]
+
+
+def translate_pivots(
+    rows: list[dict],
+    fields: Iterable[str],
+    *,
+    lang: str,
+    mt_model: str | None = None,
+    cache_dir: str | Path | None = None,
+    **options,
 ) -> int:
     """Give every row its missing ``pivot_<field>`` (MT English of ``field``), in place.
 
@@ -622,25 +649,27 @@ def translate_pivots(
     same cache as ``flare translate`` makes a rerun free. Returns the number of texts translated.
     """
     fields = tuple(fields)
-    cfg = TranslateConfig(
-        input="<rows>", output="-", lang=lang, direction="test", fields=fields,
-        mt_model=mt_model or DEFAULT_MT_MODEL, revision=revision, num_beams=num_beams,
-        max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None,
-    )
-    _, src, tgt = _validate(cfg)
+    resolve(lang)
     missing = [(row, f) for row in rows for f in fields
                if not (isinstance(row.get(f"pivot_{f}"), str) and row[f"pivot_{f}"].strip())]
-    if not missing:
-        return 0
     for row, f in missing:
         if not isinstance(row.get(f), str):
             raise DataError(f"row {row.get('id', '?')!s} has no text in column {f!r} to translate into a pivot")
-    engine = engine or HFTranslator(cfg.mt_model, cfg.revision)
-    engine.lang_code(src), engine.lang_code(tgt)
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else flare_home() / "mt_cache"
-    with TranslationCache(cache_root / "translations.sqlite") as cache:
-        table = _Translator(cfg, engine, cache, src, tgt, progress).translate_all(row[f] for row, f in missing)
-    for row, f in missing:
-        row[f"pivot_{f}"] = table[row[f]]
-    return len({row[f] for row, f in missing})
+    if not missing:
+        return 0
+    texts = [row[f] for row, f in missing]
+    out = translate_texts(texts, lang=lang, direction="test", mt_model=mt_model, cache_dir=cache_dir, **options)
+    for (row, f), pivot in zip(missing, out):
+        row[f"pivot_{f}"] = pivot
+    return len(set(texts))
 
+
+def data_mt_model(data: str | None) -> str | None:
+    """The MT model recorded in a translated file's ``<file>.meta.json`` sidecar, if any."""
+    if not data:
+        return None
+    meta = Path(str(data) + ".meta.json")
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("mt_model") if meta.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
