@@ -81,7 +81,7 @@ class AccelerateDist(Dist):
         # (it would also make DDP forwards collective, so ranks could not validate different shards).
         import torch
 
-        from flare_cli.errors import ModelError
+        from flare_cli.errors import ConfigError, ModelError
 
         # cpu=True on a machine without CUDA: accelerate only sets up gloo for torchrun-launched
         # CPU processes when told so (accelerate launch --cpu says it through ACCELERATE_USE_CPU).
@@ -94,6 +94,14 @@ class AccelerateDist(Dist):
             raise ModelError(
                 f"WORLD_SIZE is {world_size_from_env()} but accelerate set up {self.accelerator.num_processes} "
                 f"process(es) ({self.accelerator.distributed_type}); launch with torchrun or accelerate launch"
+            )
+        kind = str(self.accelerator.distributed_type).split(".")[-1]
+        if not kind.startswith("MULTI_"):
+            # FSDP / DeepSpeed shard the weights: checkpoints, the final adapter and resume would
+            # need gathered state dicts on every rank, which this recipe does not do yet.
+            raise ConfigError(
+                f"flare train runs data-parallel (DDP) only; accelerate set up {kind}. Use "
+                "examples/accelerate/ddp.yaml (or torchrun); docs/performance.md says what FSDP still needs"
             )
         self.world_size = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
