@@ -243,8 +243,10 @@ def train(
         return train_stage.run(cfg, on_log=_training_progress())
 
     result = run_stage(stage)
-    if result is None:
-        return
+    from flare_cli.distributed import is_main_process
+
+    if result is None or not is_main_process():
+        return  # under torchrun / accelerate launch only rank 0 reports
     if json_out:
         typer.echo(json.dumps({k: v for k, v in result.__dict__.items() if k != "log"}))
     elif result.already_complete:

@@ -8,10 +8,15 @@ Output folder:
     tokenizer files, train_config.yaml (resolved, no secrets), trainer_log.jsonl, train_result.json
     checkpoints/checkpoint-<step>/  adapter + optimizer.pt + scheduler.pt + rng.pt + state.json
 ``train_result.json`` is written last: a folder without it is an unfinished run, resumed next time.
+
+Under ``torchrun`` / ``accelerate launch`` (several processes; flare_cli/distributed.py) each rank
+runs this same recipe on its own share of every global batch, DDP averages the gradients, and
+only rank 0 writes files and logs; ``--batch-size`` stays the global batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -213,28 +218,54 @@ def _model_inputs(batch: dict, device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def validation_loss(fm, examples, pad_id: int, micro: int, device) -> float:
+def validation_loss(fm, examples, pad_id: int, micro: int, device, dist=None) -> float:
+    """Token-weighted mean loss; with several ranks each takes every world_size-th micro-batch
+    and the sums are reduced, so every rank gets the global figure."""
     import torch
 
     from flare_cli.encode import collate
 
+    starts = list(range(0, len(examples), micro))
+    world, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
+    rounds = math.ceil(len(starts) / world)
+    mine = starts[rank::world]
     fm.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(examples), micro):
+        for k in range(rounds):
+            # a rank short of batches runs a throwaway one, so wrapped (collective) forwards stay in step
+            i = mine[k] if k < len(mine) else starts[0]
             batch = _model_inputs(collate(examples[i : i + micro], pad_id), device)
             n = int((batch["labels"] != -100).sum())
             out = fm(**batch)
-            total += float(out.loss) * n
-            tokens += n
+            if k < len(mine):
+                total += float(out.loss) * n
+                tokens += n
     fm.train()
+    if world > 1:
+        total, tokens = dist.sum(total, tokens)
     return total / max(tokens, 1)
+
+
+def _accumulation_group(micro: int, accum: int, micro_per_epoch: int) -> list[int]:
+    """The global micro-batch indices of the optimizer step starting at ``micro``: up to ``accum``
+    of them, cut at the epoch's end (an epoch's last partial group still steps)."""
+    end = micro + 1
+    while end % accum and end % micro_per_epoch:
+        end += 1
+    return list(range(micro, end))
+
+
+def _read_finished(out: Path) -> Optional[dict]:
+    path = out / RESULT_NAME
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> TrainResult:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
+    from flare_cli.distributed import Dist
     from flare_cli.encode import build_examples, collate
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.languages import resolve
@@ -244,18 +275,31 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     on_log = on_log or (lambda record: None)
     resolve(cfg.lang)  # unknown language codes fail before anything is loaded
     task = get_task(cfg.task)
-    finished = _prepare_output_dir(cfg)
+    dist = Dist.from_env()  # one process: a no-op; torchrun / accelerate launch: accelerate + DDP
+    if dist.world_size > 1 and cfg.device_map:
+        raise ConfigError("--device-map splits one model over devices; it cannot be combined with torchrun / "
+                          "accelerate launch (one model copy per process)")
+    if dist.world_size > 1 and cfg.batch_size % (cfg.micro_batch_size * dist.world_size):
+        raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size "
+                          f"{cfg.micro_batch_size} x {dist.world_size} processes")
+    finished = _prepare_output_dir(cfg) if dist.is_main else None
+    dist.barrier()  # rank 0 has checked, wiped (--overwrite) or created the folder
     out = Path(cfg.output_dir)
+    if not dist.is_main:
+        finished = _read_finished(out)
     if finished is not None:
         return TrainResult(**{**finished, "already_complete": True})
 
     rows = _load_rows(cfg, cfg.data, cfg.split, task)
     val_rows = _load_rows(cfg, cfg.validation_data, "validation", task) if cfg.validation_data else []
     _seed_everything(cfg.seed)
-    device = pick_device() if not cfg.device_map else None
+    device = dist.device or (pick_device() if not cfg.device_map else None)
+    device_map = cfg.device_map
+    if dist.world_size > 1 and cfg.load_in_4bit and dist.device.type == "cuda":
+        device_map = {"": dist.device.index}  # each process quantizes its own copy onto its own GPU
     model, tokenizer = load_base_model(
-        cfg.base, task_adapter=cfg.task_adapter, dtype=cfg.dtype, device_map=cfg.device_map,
-        load_in_4bit=cfg.load_in_4bit,
+        cfg.base, task_adapter=cfg.task_adapter, dtype=cfg.dtype, device_map=device_map,
+        load_in_4bit=cfg.load_in_4bit, **({"device": str(dist.device)} if dist.world_size > 1 else {}),
     )
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
@@ -277,6 +321,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
         fm.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     device = device or next(fm.parameters()).device
     fm.train()
+    wrapped = dist.wrap(fm)  # what training forwards go through: fm itself, or its DDP/FSDP wrapper
 
     mt = {"mt_encoder": mt_encoder, "lang": cfg.lang} if mt_encoder is not None else {}
     examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length, **mt)
@@ -285,19 +330,21 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
     steps_per_epoch = max(1, micro_per_epoch // accum)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
-    params = [p for p in fm.parameters() if p.requires_grad]
+    params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
-    _atomic_text(out / "train_config.yaml", f"# flare train -c train_config.yaml\n{dump_yaml(public_dict(cfg))}")
+    if dist.is_main:
+        _atomic_text(out / "train_config.yaml", f"# flare train -c train_config.yaml\n{dump_yaml(public_dict(cfg))}")
     state = {"step": 0, "micro": 0, "best_loss": None, "best_step": None, "train_loss": None}
     resumed_from = None
     ckpt = _latest_checkpoint(out)
     if ckpt is not None:
         state = _load_checkpoint(fm, optimizer, scheduler, ckpt)
         resumed_from = state["step"]
-        on_log({"event": "resume", "step": state["step"], "checkpoint": str(ckpt)})
-    else:
+        if dist.is_main:
+            on_log({"event": "resume", "step": state["step"], "checkpoint": str(ckpt)})
+    elif dist.is_main:
         (out / "trainer_log.jsonl").unlink(missing_ok=True)
     eval_every = cfg.eval_steps or max(1, total_steps // 4)
     save_every = cfg.save_steps or eval_every
@@ -308,24 +355,36 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     pad_id = tokenizer.pad_token_id
 
     def log(record: dict) -> None:
+        if not dist.is_main:
+            return
         with log_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         on_log(record)
 
     micro = state["micro"]
+    world = dist.world_size
     while state["step"] < total_steps:
-        epoch, offset = divmod(micro, micro_per_epoch)
-        order = _epoch_order(len(examples), cfg.seed, epoch)
-        chunk = order[offset * cfg.micro_batch_size : (offset + 1) * cfg.micro_batch_size]
-        batch = _model_inputs(collate([examples[i] for i in chunk], pad_id), device)
-        loss = fm(**batch).loss
-        (loss / accum).backward()
-        running += loss.item()
-        running_n += 1
-        micro += 1
-        if micro % accum and micro % micro_per_epoch:
-            continue  # keep accumulating (an epoch's last partial group still steps)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        # One optimizer step = one group of micro-batches (global indices). Each rank takes every
+        # world-th of them; DDP averages the ranks' gradients, hence the factor `world` below.
+        group = _accumulation_group(micro, accum, micro_per_epoch)
+        mine = group[dist.rank :: world]
+        rounds = math.ceil(len(group) / world)
+        for k in range(rounds):
+            # at an epoch's ragged end a rank may be short: it runs a zero-weight micro-batch so
+            # that every rank takes part in the (collective) gradient all-reduce
+            g = mine[k] if k < len(mine) else group[0]
+            epoch, offset = divmod(g, micro_per_epoch)
+            order = _epoch_order(len(examples), cfg.seed, epoch)
+            chunk = order[offset * cfg.micro_batch_size : (offset + 1) * cfg.micro_batch_size]
+            batch = _model_inputs(collate([examples[i] for i in chunk], pad_id), device)
+            with dist.no_sync(wrapped) if k < rounds - 1 else contextlib.nullcontext():
+                loss = wrapped(**batch).loss
+                (loss * world / accum if k < len(mine) else loss * 0.0).backward()
+            if k < len(mine):
+                running += loss.item()
+                running_n += 1
+        micro = group[-1] + 1
+        dist.clip_grad_norm_(wrapped, params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -335,32 +394,36 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
         if step % cfg.logging_steps == 0 or step == total_steps:
             elapsed = time.time() - start
             rate = elapsed / max(step - start_step, 1)
+            if world > 1:
+                running, running_n = dist.sum(running, running_n)
             state["train_loss"] = running / running_n
             log({"step": step, "loss": round(state["train_loss"], 6), "lr": scheduler.get_last_lr()[0],
                  "epoch": round(micro / micro_per_epoch, 4), "elapsed": round(elapsed, 2),
                  "eta": round(rate * (total_steps - step), 2), "total_steps": total_steps})
             running, running_n = 0.0, 0
         if val_examples and (step % eval_every == 0 or step == total_steps):
-            vloss = validation_loss(fm, val_examples, pad_id, cfg.micro_batch_size, device)
+            vloss = validation_loss(wrapped, val_examples, pad_id, cfg.micro_batch_size, device, dist)
             improved = state["best_loss"] is None or vloss < state["best_loss"]
             if improved:
                 state["best_loss"], state["best_step"] = vloss, step
             log({"step": step, "eval_loss": round(vloss, 6), "best": improved})
-        if step % save_every == 0 or step == total_steps:
+        if dist.is_main and (step % save_every == 0 or step == total_steps):
             _save_checkpoint(fm, optimizer, scheduler, dict(state), out, cfg.save_total_limit)
 
-    final = out / "checkpoints" / f"checkpoint-{state['best_step'] or state['step']}"
-    for name in ("adapter_model.safetensors", "adapter_config.json", "flare_config.json"):
-        tmp = out / f".{name}.tmp"
-        shutil.copyfile(final / name, tmp)
-        os.replace(tmp, out / name)
-    tokenizer.save_pretrained(str(out))
     result = TrainResult(
         output_dir=str(out), method=cfg.method, steps=state["step"], epochs=round(micro / micro_per_epoch, 4),
         train_loss=state["train_loss"] if state["train_loss"] is not None else float("nan"),
         best_validation_loss=state["best_loss"], best_step=state["best_step"], resumed_from=resumed_from,
         elapsed_s=round(time.time() - start, 2),
     )
-    record = {k: v for k, v in result.__dict__.items() if k not in ("log", "already_complete")}
-    _atomic_text(out / RESULT_NAME, json.dumps(record, indent=2))
+    if dist.is_main:
+        final = out / "checkpoints" / f"checkpoint-{state['best_step'] or state['step']}"
+        for name in ("adapter_model.safetensors", "adapter_config.json", "flare_config.json"):
+            tmp = out / f".{name}.tmp"
+            shutil.copyfile(final / name, tmp)
+            os.replace(tmp, out / name)
+        tokenizer.save_pretrained(str(out))
+        record = {k: v for k, v in result.__dict__.items() if k not in ("log", "already_complete")}
+        _atomic_text(out / RESULT_NAME, json.dumps(record, indent=2))
+    dist.barrier()  # every rank returns once the run is complete on disk
     return result

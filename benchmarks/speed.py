@@ -1,0 +1,343 @@
+"""FLARE against plain LoRA and input-level fusion: step time, memory and eval time, side by side.
+
+One run builds a Llama-shaped model with random weights (nothing downloaded), wraps one copy with
+plain LoRA and one with FLARE (same seed: identical base weights), and times, interleaving the
+methods (A B C A B C ...) so that load from other processes hits all of them alike:
+
+  * a training step (forward + backward + clip + AdamW step) of LoRA, FLARE and input-level fusion
+    (plain LoRA on the pivot prompt and the target prompt concatenated) on the same batch;
+  * the same with gradient checkpointing on;
+  * greedy generation of exactly --new-tokens tokens (LoRA vs FLARE's fused prefill; this folds the
+    former benchmarks/eval_speed.py).
+
+and prints medians, ratios against the targets of issue #9, tokens/s and (on CUDA) model FLOP
+utilisation. Memory: on CUDA the peak of torch.cuda.max_memory_allocated over a step; everywhere the
+activation memory, i.e. the bytes of distinct tensor storages saved for backward (weights excluded)
+plus the pivot states FLARE keeps alive for the step. docs/performance.md has the figures.
+
+    python benchmarks/speed.py                                   # CPU, preset small
+    python benchmarks/speed.py --device cuda --dtype bf16 --preset llama-3.1-8b --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+PRESETS = {
+    # hidden, intermediate, layers, heads, kv heads, vocab, rope theta
+    "tiny": (256, 688, 4, 4, 2, 32000, 10000.0),
+    "small": (512, 1376, 8, 8, 2, 32000, 10000.0),
+    "llama-3.2-1b": (2048, 8192, 16, 32, 8, 128256, 500000.0),
+    "llama-3.1-8b": (4096, 14336, 32, 32, 8, 128256, 500000.0),
+}
+# dense bf16 peak of common accelerators, TFLOP/s (for MFU; override with --peak-tflops)
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "RTX 4090": 165.0}
+TARGETS = {"flare/lora step": 1.30, "flare/lora memory": 1.10, "flare/input-fusion step": 0.80,
+           "flare/lora eval": 1.25}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--hidden", type=int, help="override the preset's hidden size")
+    parser.add_argument("--layers", type=int, help="override the preset's layer count")
+    parser.add_argument("--vocab", type=int, help="override the preset's vocabulary size")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--batch", type=int, default=2, help="micro-batch (sequences per step)")
+    parser.add_argument("--prompt-len", type=int, default=256, help="target and pivot prompt tokens")
+    parser.add_argument("--answer-len", type=int, default=16, help="answer tokens (training)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--r", type=int, default=8)
+    parser.add_argument("--targets", default="q_proj,v_proj", help="LoRA (and fused) modules")
+    parser.add_argument("--fused-layers", help="FLARE's fused layers, comma-separated (default: all)")
+    parser.add_argument("--checkpointing", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--new-tokens", type=int, default=32, help="generated tokens per prompt (eval)")
+    parser.add_argument("--eval-batch", type=int, default=8)
+    parser.add_argument("--eval-repeats", type=int, default=3)
+    parser.add_argument("--no-eval", action="store_true")
+    parser.add_argument("--no-input-fusion", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, help="accelerator peak for MFU (default: by device name)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def build_model(args, torch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hidden, inter, layers, heads, kv, vocab, theta = PRESETS[args.preset]
+    hidden, layers, vocab = args.hidden or hidden, args.layers or layers, args.vocab or vocab
+    if args.hidden:
+        inter = int(round(hidden * 8 / 3 / 64)) * 64
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=8192, rope_theta=theta,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    torch.manual_seed(args.seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(args.device):  # built in place: an 8B model never passes through host memory
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.train(), config
+
+
+def make_batches(args, torch, vocab):
+    """Same rows for every method: target prompt + answer, the pivot prompt, and the input-fusion row
+    (pivot prompt then target prompt, then the answer: about twice the prompt length)."""
+    from flare_cli.encode import Example, collate
+
+    g = torch.Generator().manual_seed(args.seed + 1)
+
+    def ids(n):
+        return torch.randint(3, vocab, (n,), generator=g).tolist()
+
+    rows = [(ids(args.prompt_len), ids(args.answer_len) + [2], ids(args.prompt_len)) for _ in range(args.batch)]
+    target = collate([Example(p + a, len(p), piv) for p, a, piv in rows], pad_id=0)
+    plain = {k: v for k, v in target.items() if not k.startswith("pivot_")}
+    fusion = collate([Example(piv + p + a, len(piv) + len(p)) for p, a, piv in rows], pad_id=0)
+    move = lambda batch: {k: v.to(args.device) for k, v in batch.items()}  # noqa: E731
+    return move(plain), move(target), move(fusion)
+
+
+def sync(torch, device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class Clock:
+    """Seconds of one call. CUDA: wall time between synchronisations. CPU: this process's CPU time
+    (all its threads) divided by its thread count, i.e. wall time as if it had its cores to itself:
+    on a machine shared with other jobs, wall time mostly measures their load."""
+
+    def __init__(self, torch, device):
+        self.torch, self.cuda = torch, str(device).startswith("cuda")
+
+    def __enter__(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            self.seconds = time.perf_counter() - self.wall
+        else:
+            self.seconds = (time.process_time() - self.cpu) / self.torch.get_num_threads()
+
+
+def train_step(torch, fm, optimizer, params, batch):
+    loss = fm(**batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def activation_bytes(torch, fm, batch) -> int:
+    """Bytes of distinct storages saved for backward (weights excluded) + FLARE's pivot states."""
+    weights = {p.untyped_storage().data_ptr() for p in fm.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights and storage.device.type != "meta":
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fm(**batch).loss
+    session = fm._fused[0].flare_session if getattr(fm, "_fused", None) else None
+    if session is not None and session.states:
+        for h in list(session.states.values()) + [session.present]:
+            storage = h.untyped_storage()
+            seen.setdefault(storage.data_ptr(), storage.nbytes())
+    loss.backward()
+    fm.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def cuda_peak(torch, fm, optimizer, params, batch) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    train_step(torch, fm, optimizer, params, batch)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+def step_flops(config, batch, seq, pivot_seq=0, pivot_layers=0) -> float:
+    """Model FLOPs of one LoRA-style step with a frozen base: forward (2 per weight per token, plus
+    causal attention) and the backward's input gradients (the same again; no weight gradients for
+    frozen weights, attention backward counted twice); FLARE adds the no-grad pivot forward through
+    the layers it needs (no LM head). LoRA's own r-dim matmuls are negligible and left out."""
+    d, i, kv = config.hidden_size, config.intermediate_size, config.num_key_value_heads
+    head = d // config.num_attention_heads
+    per_layer = d * d * 2 + 2 * d * kv * head + 3 * d * i
+    L = config.num_hidden_layers
+
+    def forward(tokens, length, layers, lm_head):
+        linear = 2 * tokens * (per_layer * layers + (d * config.vocab_size if lm_head else 0))
+        attention = 2 * tokens * length * d * layers  # QK^T and AV, causal (half of 2 x 2 x L x d)
+        return linear, attention
+
+    lin, att = forward(batch * seq, seq, L, True)
+    total = lin + att + lin + 2 * att
+    if pivot_seq:
+        p_lin, p_att = forward(batch * pivot_seq, pivot_seq, pivot_layers, False)
+        total += p_lin + p_att
+    return float(total)
+
+
+def set_checkpointing(fm, on: bool) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer, as `flare train` does."""
+    lm = fm.base_model
+    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x naming
+        lm.activation_checkpointing_enable({"use_reentrant": False}) if on else lm.activation_checkpointing_disable()
+    elif on:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        lm.gradient_checkpointing_disable()
+
+
+def median_of(times):
+    return statistics.median(times) if times else float("nan")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    from flare_cli.flare import FlareConfig, get_flare_model
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    lora_lm, config = build_model(args, torch)
+    flare_lm, _ = build_model(args, torch)  # same seed: identical base weights
+    lora = get_flare_model(lora_lm, FlareConfig(method="lora", r=args.r, lora_alpha=2 * args.r,
+                                                target_modules=targets, fused_modules=targets))
+    fused_layers = [int(x) for x in args.fused_layers.split(",")] if args.fused_layers else None
+    flare = get_flare_model(flare_lm, FlareConfig(method="flare", r=args.r, lora_alpha=2 * args.r,
+                                                  target_modules=targets, fused_modules=targets,
+                                                  fused_layers=fused_layers))
+    plain, fused, fusion = make_batches(args, torch, config.vocab_size)
+    models = {"lora": lora, "flare": flare}
+    optimizers = {}
+    params = {}
+    for name, fm in models.items():
+        params[name] = [p for p in fm.parameters() if p.requires_grad]
+        optimizers[name] = torch.optim.AdamW(params[name], lr=1e-5)
+        fm.train()
+    runs = {"lora": ("lora", plain), "flare": ("flare", fused)}
+    if not args.no_input_fusion:
+        runs["input-fusion"] = ("lora", fusion)  # plain LoRA on the concatenated sequence
+
+    cuda = str(args.device).startswith("cuda")
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
+    print(f"device={device_name} dtype={args.dtype} preset={args.preset} hidden={config.hidden_size} "
+          f"layers={config.num_hidden_layers} vocab={config.vocab_size} batch={args.batch} "
+          f"prompt={args.prompt_len} answer={args.answer_len} r={args.r} targets={','.join(targets)} "
+          f"threads={torch.get_num_threads()} steps={args.steps} (medians; methods interleaved; "
+          f"{'wall' if cuda else 'process CPU time / threads'})")
+    print(f"fused layers={len(flare.fused_layers)} of {config.num_hidden_layers}; pivot pass runs "
+          f"{max(flare.fused_layers) if flare.fused_layers else 0} layers, no LM head")
+
+    seq = args.prompt_len + args.answer_len + 1
+    lora_flops = step_flops(config, args.batch, seq)
+    flare_flops = step_flops(config, args.batch, seq, args.prompt_len, max(flare.fused_layers or [0]))
+    fusion_flops = step_flops(config, args.batch, seq + args.prompt_len)
+    print(f"analytic model FLOPs per step (no checkpointing): flare/lora {flare_flops / lora_flops:.3f}, "
+          f"flare/input-fusion {flare_flops / fusion_flops:.3f}")
+    ratios: dict[str, float] = {}
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
+    for checkpointing in modes:
+        for fm in models.values():
+            set_checkpointing(fm, checkpointing)
+            fm.train()
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for i in range(args.warmup + args.steps):
+            for name, (model_name, batch) in runs.items():
+                fm = models[model_name]
+                with Clock(torch, args.device) as clock:
+                    train_step(torch, fm, optimizers[model_name], params[model_name], batch)
+                if i >= args.warmup:
+                    times[name].append(clock.seconds)
+        act = {name: activation_bytes(torch, models[m], batch) for name, (m, batch) in runs.items()}
+        peaks = ({name: cuda_peak(torch, models[m], optimizers[m], params[m], batch) for name, (m, batch) in runs.items()}
+                 if cuda else {})
+        tag = "gradient checkpointing ON" if checkpointing else "gradient checkpointing off"
+        print(f"\n== training step, {tag}")
+        print(f"{'method':>13} {'median s':>9} {'tokens/s':>9} {'act MiB':>9}" + (f" {'peak MiB':>9} {'MFU':>6}" if cuda else ""))
+        for name, (_, batch) in runs.items():
+            med = median_of(times[name])
+            tokens = int(batch["attention_mask"].sum())
+            line = f"{name:>13} {med:9.4f} {tokens / med:9.0f} {act[name] / 2**20:9.1f}"
+            if cuda:
+                seq = batch["input_ids"].shape[1]
+                flops = step_flops(config, args.batch, seq,
+                                   args.prompt_len if name == "flare" else 0, max(flare.fused_layers or [0]))
+                mfu = f"{flops / med / (peak * 1e12):6.1%}" if peak else "   n/a"
+                line += f" {peaks[name] / 2**20:9.0f} {mfu}"
+            print(line)
+        suffix = " (checkpointing)" if checkpointing else ""
+        ratios[f"flare/lora step{suffix}"] = median_of(times["flare"]) / median_of(times["lora"])
+        ratios[f"flare/lora memory{suffix}"] = act["flare"] / act["lora"]
+        if cuda:
+            ratios[f"flare/lora peak memory{suffix}"] = peaks["flare"] / peaks["lora"]
+        if "input-fusion" in runs:
+            ratios[f"flare/input-fusion step{suffix}"] = median_of(times["flare"]) / median_of(times["input-fusion"])
+            ratios[f"flare/input-fusion memory{suffix}"] = act["flare"] / act["input-fusion"]
+
+    for fm in models.values():
+        set_checkpointing(fm, False)
+    if not args.no_eval:
+        ratios["flare/lora eval"] = eval_ratio(args, torch, models, config)
+
+    print("\n== ratios (target)")
+    for key, value in ratios.items():
+        base = key.replace(" (checkpointing)", "").replace(" peak", "")
+        target = TARGETS.get(base)
+        verdict = "" if target is None else f"(<= {target:.2f}: {'met' if value <= target else 'MISSED'})"
+        print(f"{key:>42}  {value:6.3f}  {verdict}")
+
+
+def eval_ratio(args, torch, models, config) -> float:
+    """Greedy generation of exactly --new-tokens tokens: FLARE (pivot prefill + fused prompt) / LoRA."""
+    g = torch.Generator().manual_seed(args.seed + 2)
+    shape = (args.eval_batch, args.prompt_len)
+    ids = torch.randint(3, config.vocab_size, shape, generator=g).to(args.device)
+    pivot = torch.randint(3, config.vocab_size, shape, generator=g).to(args.device)
+    mask = torch.ones_like(ids)
+    common = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
+    runs = {
+        "lora": lambda: models["lora"].generate(ids, mask, **common),
+        "flare": lambda: models["flare"].generate(ids, mask, pivot_input_ids=pivot, pivot_attention_mask=mask, **common),
+    }
+    for fm in models.values():
+        fm.eval()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for i in range(1 + args.eval_repeats):
+        for name, fn in runs.items():
+            with Clock(torch, args.device) as clock:
+                out = fn()
+            assert out.shape[1] == args.prompt_len + args.new_tokens, out.shape
+            if i:
+                times[name].append(clock.seconds)
+    print(f"\n== eval: greedy, {args.eval_batch} prompts x {args.prompt_len} tokens, {args.new_tokens} new tokens")
+    for name in runs:
+        med = median_of(times[name])
+        print(f"{name:>13} {med:9.4f} s  {args.eval_batch * args.new_tokens / med:9.1f} new tokens/s")
+    return median_of(times["flare"]) / median_of(times["lora"])
+
+
+if __name__ == "__main__":
+    main()

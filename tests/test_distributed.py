@@ -1,0 +1,131 @@
+"""`flare train` under torchrun: 2 CPU processes (gloo) give the adapter of 1 process, same global batch.
+
+Each rank runs the unchanged CLI on its share of every global batch; DDP averages the gradients.
+The 2-process adapter must match the 1-process one within TOLERANCE (float32; the only difference
+is the order of the gradient summation, amplified a little by 12 Adam steps), and rank 1 must not
+write a single file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import write_rows
+from tiny_models import save_base
+
+# max |a - b| over every adapter tensor, relative to the tensor's scale (see docs/performance.md)
+TOLERANCE = dict(atol=2e-5, rtol=1e-4)
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the flare CLI in one rank and records, for ranks other than 0, every filesystem write under
+# the output folder (Python audit events: open for writing, mkdir, rename/replace, remove, rmtree).
+LAUNCHER = r'''
+import json, os, sys
+out, report = os.path.realpath(sys.argv[1]), sys.argv[2]
+rank = int(os.environ.get("RANK", "0"))
+writes = []
+
+def under_out(path):
+    try:
+        real = os.path.realpath(os.fsdecode(path))
+        return real == out or real.startswith(out + os.sep)
+    except (TypeError, ValueError):
+        return False
+
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        mode, flags = args[1], args[2] or 0
+        writing = (mode and any(c in mode for c in "wax+")) or (not mode and flags & (os.O_WRONLY | os.O_RDWR))
+        if writing and under_out(args[0]):
+            writes.append([event, os.fsdecode(args[0])])
+    elif event in ("os.mkdir", "os.rename", "os.remove", "os.rmdir", "shutil.rmtree", "os.truncate"):
+        if args and isinstance(args[0], (str, bytes, os.PathLike)) and under_out(args[0]):
+            writes.append([event, os.fsdecode(args[0])])
+
+sys.addaudithook(hook)
+from flare_cli.cli import app
+try:
+    app(sys.argv[3:], prog_name="flare")
+finally:
+    with open(f"{report}.rank{rank}.json", "w") as handle:
+        json.dump({"rank": rank, "world": os.environ.get("WORLD_SIZE"), "writes": writes}, handle)
+'''
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist_world")
+    save_base(root / "base", init_std=0.3)
+    # 44 rows, micro-batch 4: 11 micro-batches per epoch, so each epoch ends on a ragged group
+    # of one, where rank 1 runs its zero-weight stand-in micro-batch
+    write_rows(root / "train.jsonl", 44, seed=0)
+    write_rows(root / "val.jsonl", 12, seed=1)
+    (root / "launch.py").write_text(LAUNCHER)
+    return root
+
+
+def args(world, out, method):
+    # --rank, not --r: torchrun's parser would take --r as an ambiguous abbreviation of its own options
+    return ["train", "--base", str(world / "base"), "-o", str(out), "--task", "qa", "--lang", "sw",
+            "--method", method, "--data", str(world / "train.jsonl"), "--validation-data", str(world / "val.jsonl"),
+            "--lr", "1e-2", "--batch-size", "8", "--micro-batch-size", "4", "--max-steps", "14", "--rank", "4",
+            "--logging-steps", "2", "--eval-steps", "7", "--seed", "3"]
+
+
+def run(world, out, method, nproc):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    report = str(out) + ".report"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           str(world / "launch.py"), str(out), report, *args(world, out, method)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    reports = [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(nproc)]
+    assert [r["world"] for r in reports] == [str(nproc)] * nproc
+    return proc, reports
+
+
+@pytest.mark.parametrize("method", ["flare"])
+def test_two_processes_train_the_same_adapter_as_one(world, tmp_path, method):
+    one, _ = run(world, tmp_path / "one", method, 1)
+    two, reports = run(world, tmp_path / "two", method, 2)
+
+    a = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) == 8  # q, v x A, B x 2 layers
+    assert any(v.abs().sum() > 0 for k, v in b.items() if "lora_B" in k)  # it trained
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], **TOLERANCE)
+
+    one_log = [json.loads(x) for x in (tmp_path / "one" / "trainer_log.jsonl").read_text().splitlines()]
+    two_log = [json.loads(x) for x in (tmp_path / "two" / "trainer_log.jsonl").read_text().splitlines()]
+    assert [sorted(r) for r in one_log] == [sorted(r) for r in two_log]  # one log, written once
+    for r1, r2 in zip(one_log, two_log):  # train and validation losses are the global ones
+        for key in ("loss", "eval_loss"):
+            if key in r1:
+                assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), (key, r1, r2)
+    res1 = json.loads((tmp_path / "one" / "train_result.json").read_text())
+    res2 = json.loads((tmp_path / "two" / "train_result.json").read_text())
+    assert res1["steps"] == res2["steps"] == 14 and res1["best_step"] == res2["best_step"]
+
+    # rank 0 wrote everything, rank 1 nothing; only rank 0 printed the summary
+    assert reports[0]["writes"]
+    assert reports[1]["writes"] == [], reports[1]["writes"][:5]
+    assert two.stdout.count("trained flare adapter") == 1, two.stdout
+
+    # a finished run launched again is a no-op on every rank, and rank 1 still writes nothing
+    before = (tmp_path / "two" / "adapter_model.safetensors").read_bytes()
+    again, reports = run(world, tmp_path / "two", method, 2)
+    assert again.stdout.count("already trained (14 steps)") == 1, again.stdout
+    assert (tmp_path / "two" / "adapter_model.safetensors").read_bytes() == before
+    assert reports[1]["writes"] == []
+
