@@ -300,6 +300,10 @@ def eval_(
     fields: str = typer.Option(None, "--fields", help="--task custom: comma-separated input columns."),
     labels: str = typer.Option(None, "--labels", help="--task custom: comma-separated label words."),
     mt_model: str = typer.Option(None, "--mt-model", help="MT model for pivots missing from the data; for a flare-mt adapter, a local copy of its MT encoder."),
+    back_translate_answers: bool = typer.Option(
+        True, "--back-translate-answers/--no-back-translate-answers",
+        help="translate-test QA: translate the English answer back into the target language before scoring.",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable results on stdout."),
 ) -> None:
     """Evaluate adapters and baselines on a task's target-language test set."""
@@ -324,6 +328,7 @@ def eval_(
             task=task, lang=lang, adapter=adapter_dir, base=base, task_adapter=task_adapter, method=run_method,
             data=data, split=split, output_dir=str(run_dir), batch_size=batch_size, max_new_tokens=max_new_tokens,
             limit=limit, predict=predict, task_options=task_options, mt_model=mt_model,
+            back_translate_answers=back_translate_answers,
         )
         results.append(run_stage(lambda: _eval_with_progress(evaluate, cfg)))
     metrics = [r.metrics for r in results]

@@ -56,6 +56,9 @@ class EvalConfig:
     predict: bool = False  # no gold: write predictions only
     task_options: dict = field(default_factory=dict)  # for --task custom
     mt_model: Optional[str] = None  # translates missing pivots on the fly (default: the adapter's)
+    # translate-test on free-text answers (QA): the English answer is translated back into the
+    # target language before scoring, as the gold answer is in the target language.
+    back_translate_answers: bool = True
     dtype: str = "auto"
 
 
@@ -163,8 +166,12 @@ def evaluate_rows(
     max_new_tokens: Optional[int] = None,
     batch_size: int = 8,
     progress: Optional[Callable[[int], None]] = None,
+    answer_translator: Optional[Callable[[list[str]], list[str]]] = None,
 ) -> EvalResult:
-    """Generate, parse and (with ``score``) score ``rows`` under ``method``. Writes nothing."""
+    """Generate, parse and (with ``score``) score ``rows`` under ``method``. Writes nothing.
+
+    ``answer_translator`` maps the generated (English) answers into the target language before
+    parsing: translate-test's back-translation of free-text answers."""
     if method in PIVOT_METHODS:
         task.require_pivots(rows, source)
     prompts, pivots = build_inputs(task, rows, method)
@@ -178,10 +185,13 @@ def evaluate_rows(
         batch_size=batch_size,
         progress=progress,
     )
-    parsed = [task.parse(text) for text in raw]
+    answers = answer_translator(raw) if answer_translator else raw
+    parsed = [task.parse(text) for text in answers]
     predictions = []
-    for row, prediction, text in zip(rows, parsed, raw):
+    for row, prediction, text, answer in zip(rows, parsed, raw, answers):
         record = {"id": row["id"], "prediction": prediction, "raw": text}
+        if answer_translator:
+            record["back_translated"] = answer
         if score:
             record["gold"] = task.target(row)
             record["correct"] = task.is_correct(prediction, row, lang)
@@ -305,6 +315,27 @@ def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalC
     return mt_model
 
 
+def _answer_translator(task: Task, resolved: _Resolved, cfg: EvalConfig):
+    """(translator, MT model) for translate-test on free-text answers into a non-English language;
+    (None, None) otherwise. Label tasks need none: their verbalizer words are the labels."""
+    from flare_cli.languages import resolve
+    from flare_cli.translate import DEFAULT_MT_MODEL, data_mt_model, translate_texts
+
+    from flare_cli.tasks.base import ClassificationTask
+
+    if resolved.method != "translate-test" or not cfg.back_translate_answers or isinstance(task, ClassificationTask):
+        return None, None
+    if resolve(resolved.lang) == resolve("en"):
+        return None, None
+    mt_model = cfg.mt_model or data_mt_model(cfg.data) or DEFAULT_MT_MODEL
+
+    def translator(answers: list[str]) -> list[str]:
+        return translate_texts(answers, lang=resolved.lang, direction="train", mt_model=mt_model,
+                               cache_dir=Path(cfg.output_dir) / ".flare_cache")
+
+    return translator, mt_model
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -335,6 +366,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     model.eval()
 
     max_new_tokens = cfg.max_new_tokens or default_max_new_tokens(task)
+    answer_translator, answers_by = _answer_translator(task, resolved, cfg)
     result = evaluate_rows(
         model,
         tokenizer,
@@ -347,6 +379,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         max_new_tokens=max_new_tokens,
         batch_size=cfg.batch_size,
         progress=progress,
+        answer_translator=answer_translator,
     )
     metrics = {
         **result.metrics,
@@ -365,6 +398,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "predict": cfg.predict,
             "decoding": "greedy",
             "pivots": f"translated on the fly by {pivots_from}" if pivots_from else "data",
+            **({"answers": f"back-translated by {answers_by}"} if answers_by else {}),
             **({"mt_encoder": model.mt_encoder.model_id} if resolved.method == "flare-mt" else {}),
         },
     }

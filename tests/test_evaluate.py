@@ -395,3 +395,19 @@ def test_stage3_adapter_is_evaluated_on_its_recorded_task_adapter(saved, tmp_pat
                               output_dir=str(tmp_path / "b"), max_new_tokens=6))
     assert implicit.metrics["settings"]["task_adapter"] == str(stage1)
     assert [p["raw"] for p in implicit.predictions] == [p["raw"] for p in explicit.predictions]
+
+
+def test_translate_test_qa_answers_are_back_translated_before_scoring(saved, tiny_mt, tmp_path):
+    from flare_cli.translate import translate_texts
+
+    cfg = dict(task="qa", lang="sw", base=str(saved / "base"), method="translate-test",
+               data=str(saved / "test.sw.jsonl"), max_new_tokens=6, mt_model=tiny_mt)
+    back = run(EvalConfig(output_dir=str(tmp_path / "back"), **cfg))
+    plain = run(EvalConfig(output_dir=str(tmp_path / "plain"), back_translate_answers=False, **cfg))
+    english = [p["raw"] for p in plain.predictions]
+    assert [p["raw"] for p in back.predictions] == english  # the same English generation
+    expected = translate_texts(english, lang="sw", direction="train", mt_model=tiny_mt, cache_dir=tmp_path / "c")
+    assert [p["back_translated"] for p in back.predictions] == expected
+    assert [p["prediction"] for p in back.predictions] == [get_task("qa").parse(t) for t in expected]
+    assert back.metrics["settings"]["answers"] == f"back-translated by {tiny_mt}"
+    assert "answers" not in plain.metrics["settings"] and "back_translated" not in plain.predictions[0]
