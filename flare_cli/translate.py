@@ -226,13 +226,9 @@ class HFTranslator:
 
     def lang_code(self, lang: Language) -> str:
         """The tokenizer's code for `lang`: FLORES for NLLB, ISO 639-1 for M2M100."""
-        tok = self.tokenizer
-        unk = tok.unk_token_id
-        if tok.convert_tokens_to_ids(lang.flores) not in (None, unk):
-            return lang.flores
-        if hasattr(tok, "get_lang_id") and lang.iso1 and lang.iso1 in getattr(tok, "lang_code_to_id", {}):
-            return lang.iso1
-        raise ModelError(f"MT model {self.model_id!r} has no language token for {lang.flores} ({lang.name})")
+        from flare_cli.flare.mt_encoder import mt_lang_code
+
+        return mt_lang_code(self.tokenizer, lang, self.model_id)
 
     def _lang_token_id(self, code: str) -> int:
         tok = self.tokenizer
