@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> (train method, stage-3 overrides); "lora"/"flare" come from the demo itself.
 VARIANTS = {
     "input-fusion": ("input-fusion", {}),
+    "flare-mt": ("flare-mt", {}),
     "flare-add": ("flare", {"fusion": "add"}),
     "flare-mul": ("flare", {"fusion": "mul"}),
     "flare-cross_attention": ("flare", {"fusion": "cross_attention"}),
     "flare-source_norm": ("flare", {"source_norm": True}),
     "flare-align_start": ("flare", {"align": "start"}),
-    "flare-mt": ("flare-mt", {}),
 }
 PIVOT_KINDS = ("mt", "gold", "noisy")
 # Methods scored with every pivot kind; the rest (ablations) on MT pivots only, to save time.

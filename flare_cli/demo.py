@@ -13,6 +13,7 @@ evaluations in the work folder.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
 from dataclasses import asdict, dataclass
@@ -242,7 +243,8 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
     with restored_threads():
         import torch
 
-        torch.set_num_threads(train_threads())  # one thread on busy cores: two would spin-wait
+        if not os.environ.get("OMP_NUM_THREADS"):  # the user's choice wins
+            torch.set_num_threads(train_threads())  # one thread on busy cores: two would spin-wait
         pipe.run()
     rows = [_table_row(method, results[method], task) for method in EVAL_METHODS]
     result = DemoResult(
