@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="the quick world and recipe (checks the script only)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="extra variants to train")
     parser.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="'' to skip writing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and evaluate nothing: tabulate what the workdir already holds")
     args = parser.parse_args(argv)
 
     from flare_cli import demo
@@ -57,9 +59,16 @@ def main(argv=None) -> int:
         first = work / f"seed{args.seeds[0]}" / "data"
         if seed != args.seeds[0] and first.is_dir() and not (seed_dir / "data").exists():
             shutil.copytree(first, seed_dir / "data")  # the same translations for every seed
-        print(f"== seed {seed}: demo pipeline", file=sys.stderr, flush=True)
-        result = demo.run(demo.DemoConfig(workdir=str(seed_dir), quick=args.quick, seed=seed), _Printer())
-        records += run_seed(result, seed, args.quick, args.variants)
+        if args.report_only:
+            summary = seed_dir / "summary.json"
+            if not summary.is_file():
+                print(f"== seed {seed}: no finished demo run in {seed_dir}; skipped", file=sys.stderr)
+                continue
+            result = demo.DemoResult(**json.loads(summary.read_text(encoding="utf-8")))
+        else:
+            print(f"== seed {seed}: demo pipeline", file=sys.stderr, flush=True)
+            result = demo.run(demo.DemoConfig(workdir=str(seed_dir), quick=args.quick, seed=seed), _Printer())
+        records += run_seed(result, seed, args.quick, args.variants, report_only=args.report_only)
         _save(work / "records.json", records)
     print(f"total {time.perf_counter() - started:.0f}s", file=sys.stderr)
     table = summarize(records)
@@ -102,7 +111,7 @@ def test_files(result, work: Path) -> dict[str, Path]:
     return files
 
 
-def run_seed(result, seed: int, quick: bool, variants: list[str]) -> list[dict]:
+def run_seed(result, seed: int, quick: bool, variants: list[str], report_only: bool = False) -> list[dict]:
     from flare_cli import evaluate, train
     from flare_cli.demo import RECIPES
 
@@ -119,6 +128,8 @@ def run_seed(result, seed: int, quick: bool, variants: list[str]) -> list[dict]:
     for name in variants:
         method, overrides = VARIANTS[name]
         out = work / f"{name}-{result.lang}"
+        if report_only and not (out / train.RESULT_NAME).is_file():
+            continue
         options = dict(recipe.stage3, seed=seed, **overrides)
         if method in ("lora", "input-fusion"):
             options.pop("fused_modules", None)
@@ -136,6 +147,8 @@ def run_seed(result, seed: int, quick: bool, variants: list[str]) -> list[dict]:
         out = work / "eval" / f"{label}-{pivots}"
         if (out / "metrics.json").is_file():
             metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        elif report_only:
+            return
         else:
             cfg = evaluate.EvalConfig(
                 adapter=str(adapter) if adapter else None, method=method, data=str(files[pivots]),
@@ -149,7 +162,7 @@ def run_seed(result, seed: int, quick: bool, variants: list[str]) -> list[dict]:
     for pivots in ("gold", "noisy"):
         score("translate-test", "translate-test", None, pivots)
         score("flare", "flare", adapters["flare"], pivots)
-    for name in variants:
+    for name in [v for v in variants if v in adapters]:
         method = VARIANTS[name][0]
         for pivots in (PIVOT_KINDS if name in ALL_PIVOTS else ("mt",)):
             if method == "flare-mt" and pivots != "mt":
@@ -188,16 +201,21 @@ def plot(table: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in table if r["pivots"] == "mt"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    xs = range(len(shown))
-    ax.bar(xs, [r["mean"] for r in shown], yerr=[r["std"] for r in shown], capsize=4,
-           color=["#d62728" if r["method"].startswith("flare") else "#7f7f7f" for r in shown])
-    for x, r in zip(xs, shown):
-        ax.scatter([x] * len(r["values"]), r["values"], color="black", s=8, zorder=3)
-    ax.set_xticks(list(xs), [r["method"] for r in shown], rotation=30, ha="right")
+    methods = list(dict.fromkeys(r["method"] for r in table))
+    colours = {"mt": "#1f77b4", "gold": "#2ca02c", "noisy": "#ff7f0e"}
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(10, 4.2))
+    for i, method in enumerate(methods):
+        rows = [r for r in table if r["method"] == method]
+        for j, r in enumerate(rows):
+            x = i + (j - (len(rows) - 1) / 2) * width
+            ax.bar(x, r["mean"], width * 0.95, yerr=r["std"], capsize=3, color=colours[r["pivots"]])
+            ax.scatter([x] * len(r["values"]), r["values"], color="black", s=6, zorder=3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    ax.legend(handles, [f"{k} pivots" for k in colours], loc="upper left", fontsize=8)
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
     ax.set_ylabel("exact match (toy QA, qtw test)")
-    ax.set_title("FLARE vs baselines on the toy world (MT pivots; bars: mean, whiskers: std, dots: seeds)")
+    ax.set_title("FLARE vs baselines on the toy world (bars: mean over seeds, whiskers: std, dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
