@@ -153,6 +153,7 @@ def run_seed(result, seed: int, quick: bool, variants: list[str], report_only: b
             cfg = evaluate.EvalConfig(
                 adapter=str(adapter) if adapter else None, method=method, data=str(files[pivots]),
                 output_dir=str(out), batch_size=recipe.eval_batch_size,
+                mt_model=str(Path(result.world_root) / "mt"),  # back-translates translate-test answers
                 **({} if adapter else {"base": base, "task_adapter": stage1, "task": result.task, "lang": result.lang}),
             )
             metrics = evaluate.run(cfg).metrics
