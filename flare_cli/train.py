@@ -380,6 +380,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
             with dist.no_sync(wrapped) if k < rounds - 1 else contextlib.nullcontext():
                 loss = wrapped(**batch).loss
                 (loss * world / accum if k < len(mine) else loss * 0.0).backward()
+            fm.release()  # the pivot states are spent once backward is done: free them before the next step
             if k < len(mine):
                 running += loss.item()
                 running_n += 1

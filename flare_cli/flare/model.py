@@ -376,6 +376,9 @@ class FlareModel(nn.Module):
         tokens, tagged with the target language) instead of the pivot."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        # drop the last forward's pivot states first: otherwise they and the new ones are both
+        # alive while the pivot pass runs (a peak of two sets of states)
+        self.release()
         self._attach(self._session_for(
             input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot,
             mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask,
@@ -424,6 +427,7 @@ class FlareModel(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        self.release()
         session = self._session_for(
             input_ids, attention_mask, None, pivot_input_ids, pivot_attention_mask, no_pivot, prefill_only=True,
             mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask,
