@@ -175,6 +175,24 @@ def test_pivot_changes_output_and_absent_pivot_is_phi_zero(fusion):
     torch.testing.assert_close(masked, no_pivot, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_closed_form_absent_phi_equals_fusion_with_zero_pivot(fusion):
+    from flare_cli.flare.fusion import FUSION_PARAMS, get_fusion, phi_absent
+
+    T = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(3))
+    params = FUSION_PARAMS[fusion](4) if fusion in FUSION_PARAMS else None
+    if params is not None:
+        with torch.no_grad():
+            for p in params.parameters():
+                p.copy_(torch.randn_like(p))
+    want = get_fusion(fusion)(torch.zeros_like(T), T, torch.zeros(2, 5, dtype=torch.bool), params)
+    got = phi_absent(fusion, T)
+    if got is None:  # "no update": phi(0, T) must be exactly zero
+        assert fusion == "mul" and torch.count_nonzero(want) == 0
+    else:
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 def test_layer_without_pivot_refuses_to_run():
     fm = get_flare_model(tiny_causal_lm("llama"), FlareConfig())
     ids, mask, _, _ = batch()
@@ -183,6 +201,28 @@ def test_layer_without_pivot_refuses_to_run():
     fm.release()
     with pytest.raises(PivotError, match="ran without pivot states"):
         fm.peft_model(input_ids=ids, attention_mask=mask)
+
+
+def test_previous_pivot_states_are_released_before_the_next_pivot_pass():
+    """Otherwise two sets of pivot states are alive during every pivot pass (a memory peak)."""
+    from flare_cli.flare.pivot import find_decoder_layers
+
+    fm = get_flare_model(tiny_causal_lm("llama"), FlareConfig())
+    ids, mask, piv, pmask = batch()
+    fm(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask)
+    first = fm._fused[0].flare_session
+    assert first is not None and first.states
+    attached = []
+    layer0 = find_decoder_layers(fm.base_model)[0]
+    handle = layer0.register_forward_pre_hook(lambda module, args: attached.append(fm._fused[0].flare_session))
+    try:
+        fm(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask)
+    finally:
+        handle.remove()
+    # layer 0 runs twice: in the pivot pass (nothing attached any more), then in the target forward
+    assert len(attached) == 2
+    assert attached[0] is None
+    assert attached[1] is not None and attached[1] is not first
 
 
 def test_source_pass_skips_lm_head_and_later_layers():

@@ -85,6 +85,19 @@ FUSIONS: dict[str, FusionFn] = {
     "none": fuse_none,
 }
 
+def phi_absent(name: str, T: torch.Tensor) -> Optional[torch.Tensor]:
+    """phi(0, T) in closed form, for a call where every position is absent (no pivot, or a decoding
+    step after the fused prefill); None means "no update" (``mul``). Saves the zero S, the mask and
+    the fusion's ops on every generated token; tests check it against the fusion functions."""
+    if name == "add_relu":
+        return torch.relu(T)
+    if name == "mul":
+        return None
+    if name in ("add", "cross_attention", "none"):  # cross_attention: no key to attend, o(0) = 0
+        return T
+    return get_fusion(name)(torch.zeros_like(T), T, torch.zeros(T.shape[:2], dtype=torch.bool, device=T.device), None)
+
+
 # Fusions with learned parameters of their own: name -> factory(r) -> nn.Module.
 FUSION_PARAMS: dict[str, Callable[[int], nn.Module]] = {"cross_attention": BottleneckCrossAttention}
 
@@ -98,4 +111,4 @@ def get_fusion(name: str) -> FusionFn:
         raise ConfigError(f"unknown fusion {name!r}; choose one of: {', '.join(FUSIONS)}") from None
 
 
-__all__ = ["FUSIONS", "FUSION_PARAMS", "BottleneckCrossAttention", "get_fusion"]
+__all__ = ["FUSIONS", "FUSION_PARAMS", "BottleneckCrossAttention", "get_fusion", "phi_absent"]

@@ -22,7 +22,7 @@ from peft.tuners.lora import layer as lora_layer
 from torch import nn
 
 from flare_cli.errors import MergeError, PivotError
-from flare_cli.flare.fusion import FUSION_PARAMS, get_fusion
+from flare_cli.flare.fusion import FUSION_PARAMS, get_fusion, phi_absent
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
@@ -85,7 +85,6 @@ class FlareVariant(lora_layer.LoraVariant):
         dropout = module.lora_dropout[active_adapter]
         fusion = module.flare_fusion[active_adapter]
 
-        T = lora_A(dropout(x))  # (B, L, r)
         h = present = None
         if fusion != "none":
             session = module.flare_session
@@ -95,11 +94,13 @@ class FlareVariant(lora_layer.LoraVariant):
                     "pivot_input_ids (or with no_pivot=True to run it pivot-less on purpose)"
                 )
             h, present = session.lookup(module.flare_layer, x)
-        if h is None:  # no pivot here: every position is absent, S = 0
-            present = torch.zeros(T.shape[:2], dtype=torch.bool, device=T.device)
-            S = torch.zeros_like(T)
-        else:
-            S = lora_A(dropout(h.to(x.dtype)))  # (B, L, r); zero at absent positions since A has no bias
+        if h is None:  # no pivot here (no_pivot, or a generated token): every position absent, S = 0
+            if fusion == "mul":
+                return result  # phi(0, T) = 0: no update, not even A u
+            phi = phi_absent(fusion, lora_A(dropout(x)))
+            return result + lora_B(phi) * module.scaling[active_adapter]
+        T = lora_A(dropout(x))  # (B, L, r)
+        S = lora_A(dropout(h.to(x.dtype)))  # (B, L, r); zero at absent positions since A has no bias
         params = module.lora_flare_xattn[active_adapter] if active_adapter in module.lora_flare_xattn else None
         phi = get_fusion(fusion)(S, T, present, params)
         return result + lora_B(phi) * module.scaling[active_adapter]
