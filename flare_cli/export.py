@@ -481,13 +481,19 @@ def _card_body(
             "Load it with flare_cli, which reads `flare_config.json` and restores the pivot fusion:",
             "",
             "```bash",
-            f"flare eval --adapter {repo_id} --task {task or 'TASK'} --lang {lang or 'LANG'}",
+            f'flare eval --adapter "$(hf download {repo_id})" --task {task or "TASK"} --lang {lang or "LANG"}',
             "```",
             "",
             "```python",
-            "from flare_cli.flare.model import load_flare_model",
+            "from huggingface_hub import snapshot_download",
             "",
-            f'model = load_flare_model("{base}", "{repo_id}")',
+            "from flare_cli.flare import load_flare_model",
+            "from flare_cli.modeling import load_base_model",
+            "",
+            # the base (with the stage-1 task adapter merged, as in training), then this adapter
+            f'model, tokenizer = load_base_model("{base}"'
+            + (f', task_adapter="{task_adapter}"' if task_adapter else "") + ")",
+            f'model = load_flare_model(model, snapshot_download("{repo_id}"))',
             "```",
             "",
             "Plain `peft` (`PeftModel.from_pretrained`) loads only the LoRA matrices and ignores the "

@@ -200,6 +200,49 @@ def test_model_card_metadata(world, tmp_path):
     assert "load_flare_model" in card.text and "pivot-less model" in card.text
 
 
+def test_model_card_python_example_loads_the_trained_flare_model(world, tmp_path, monkeypatch):
+    """The card's snippet, run as written (the Hub download pointed at the local folder), gives a
+    model with the trained adapter's exact outputs, stage-1 task adapter included."""
+    import re
+
+    import huggingface_hub
+    from transformers import AutoModelForCausalLM
+
+    from flare_cli.export import build_model_card
+    from flare_cli.flare import FlareConfig, get_flare_model
+    from flare_cli.modeling import load_base_model
+
+    stage1 = make_lora(world["base"], tmp_path / "stage1", seed=5)
+    base, _ = load_base_model(str(world["base"]), task_adapter=str(stage1), dtype="float32")
+    config = FlareConfig(r=4, meta={"base_model": str(world["base"]), "task": "qa", "lang": "sw",
+                                    "task_adapter": str(stage1)})
+    fm = get_flare_model(base, config)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in fm.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    folder = tmp_path / "adapter"
+    fm.save_pretrained(folder)
+    pivot = torch.tensor([[1, 7, 8, 2]])
+    with torch.no_grad():
+        want = fm(IDS, pivot_input_ids=pivot).logits
+
+    card = build_model_card(folder, repo_id="me/flare-sw").text
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert f'task_adapter="{stage1}"' in snippet
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, **kw: str(folder) if repo_id == "me/flare-sw" else pytest.fail(repo_id))
+    scope: dict = {}
+    exec(compile(snippet, "model-card", "exec"), scope)  # noqa: S102 - the card's own example
+    with torch.no_grad():
+        got = scope["model"](IDS, pivot_input_ids=pivot).logits
+    assert (got - want).abs().max().item() < 1e-5
+    assert f'flare eval --adapter "$(hf download me/flare-sw)"' in card
+    plain = AutoModelForCausalLM.from_pretrained(world["base"])  # without stage 1 it would differ
+    assert (plain(IDS).logits - want).abs().max().item() > 1e-3
+
+
 def test_dequantize_without_bitsandbytes_is_one_line(world, tmp_path):
     import importlib.util
     import shutil
