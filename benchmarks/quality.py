@@ -197,7 +197,11 @@ def render_markdown(table: list[dict], args) -> str:
 
 
 def plot(table: list[dict], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the table and JSON are written anyway; the plot is the only optional part
+        print(f"note: {path.name} not drawn: matplotlib is missing (pip install -e '.[bench]')", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
