@@ -199,11 +199,14 @@ class PeakTracker:
                 live[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())
                 tracker.now += storage.nbytes()
 
+        def sweep() -> None:
+            for key in [k for k, (ref, _) in live.items() if ref.expired()]:
+                tracker.now -= live.pop(key)[1]
+
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                for key in [k for k, (ref, _) in live.items() if ref.expired()]:
-                    tracker.now -= live.pop(key)[1]
+                sweep()
                 for t in tree_flatten(out)[0]:
                     if isinstance(t, torch.Tensor):
                         add(t)
@@ -213,7 +216,7 @@ class PeakTracker:
         for tensor in preexisting:
             add(tensor)
         self.peak = self.now
-        self.mode = Mode()
+        self.mode, self._sweep = Mode(), sweep
 
     def __enter__(self):
         self.mode.__enter__()
@@ -221,6 +224,7 @@ class PeakTracker:
 
     def __exit__(self, *exc):
         self.mode.__exit__(*exc)
+        self._sweep()  # ``now``: what is still alive at the end
 
 
 def live_tensors(fm, optimizer, batch) -> list:
