@@ -11,9 +11,11 @@ methods (A B C A B C ...) so that load from other processes hits all of them ali
     former benchmarks/eval_speed.py).
 
 and prints medians, ratios against the targets of issue #9, tokens/s and (on CUDA) model FLOP
-utilisation. Memory: on CUDA the peak of torch.cuda.max_memory_allocated over a step; everywhere the
-activation memory, i.e. the bytes of distinct tensor storages saved for backward (weights excluded)
-plus the pivot states FLARE keeps alive for the step. docs/performance.md has the figures.
+utilisation. Per step it also counts the FLOPs really executed (torch.utils.flop_counter) and
+measures peak memory: weights, optimizer state and activations, torch.cuda.max_memory_allocated on
+CUDA and a dispatch-mode tracker of live tensor bytes elsewhere (PeakTracker); plus the activation
+memory alone, i.e. the bytes of distinct tensor storages saved for backward (weights excluded) and
+the pivot states FLARE keeps alive for the step. docs/performance.md has the figures.
 
     python benchmarks/speed.py                                   # CPU, preset small
     python benchmarks/speed.py --device cuda --dtype bf16 --preset llama-3.1-8b --batch 8
@@ -294,13 +296,12 @@ def step_flops(config, batch, seq, pivot_seq=0, pivot_layers=0, recompute=False)
 
 def set_checkpointing(fm, on: bool) -> None:
     """Non-reentrant activation checkpointing of every decoder layer, as `flare train` does."""
+    if on:
+        fm.gradient_checkpointing_enable()
+        return
     lm = fm.base_model
-    if hasattr(lm, "activation_checkpointing_enable"):  # transformers >= 5.x naming
-        lm.activation_checkpointing_enable({"use_reentrant": False}) if on else lm.activation_checkpointing_disable()
-    elif on:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        lm.gradient_checkpointing_disable()
+    disable = getattr(lm, "activation_checkpointing_disable", None) or lm.gradient_checkpointing_disable
+    disable()
 
 
 def median_of(times):

@@ -318,7 +318,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     )
     fm = get_flare_model(model, flare_config, mt_encoder=mt_encoder)
     if cfg.gradient_checkpointing:
-        fm.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        fm.gradient_checkpointing_enable()  # each recomputed layer gets its own forward's pivot back
     device = device or next(fm.parameters()).device
     fm.train()
     wrapped = dist.wrap(fm)  # what training forwards go through: fm itself, or its DDP/FSDP wrapper

@@ -271,6 +271,38 @@ def test_gradients_reach_adapter_only_and_survive_checkpointing(fusion):
     assert any((unfused[n] - plain[n]).abs().max() > 1e-6 for n in plain)
 
 
+def test_checkpointed_recompute_fuses_its_own_forwards_pivot_with_several_forwards_per_backward():
+    """Two forwards (different pivots), one backward of the summed losses: with
+    FlareModel.gradient_checkpointing_enable each recomputed layer gets its own forward's pivot."""
+
+    def two_forward_grads(fm):
+        fm.zero_grad(set_to_none=True)
+        ids, mask, piv, pmask = batch()
+        labels = ids.masked_fill(mask == 0, -100)
+        first = fm(ids, mask, labels=labels, pivot_input_ids=piv, pivot_attention_mask=pmask).loss
+        second = fm(ids, mask, labels=labels, pivot_input_ids=piv.flip(0), pivot_attention_mask=pmask.flip(0)).loss
+        (first + second).backward()
+        return {n: p.grad.clone() for n, p in fm.named_parameters() if p.grad is not None}
+
+    fm = get_flare_model(tiny_causal_lm("llama"), FlareConfig(fusion="add_relu", r=4))
+    randomize_adapter(fm)
+    fm.train()
+    want = two_forward_grads(fm)
+    fm.gradient_checkpointing_enable()
+    assert fm.base_model.is_gradient_checkpointing
+    got = two_forward_grads(fm)
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=1e-5)
+    # not vacuous: checkpointing enabled on the base alone recomputes the first forward with the
+    # second forward's pivot (the session attached last)
+    fm.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    naive = two_forward_grads(fm)
+    assert any((naive[n] - want[n]).abs().max() > 1e-5 for n in want)
+    with pytest.raises(ConfigError, match="non-reentrant"):
+        fm.gradient_checkpointing_enable({"use_reentrant": True})
+
+
 def test_save_load_roundtrip_and_plain_peft_gives_pivotless_model(tmp_path):
     fm = get_flare_model(tiny_causal_lm("llama"), FlareConfig(fusion="cross_attention", r=4, meta={"task": "qa"}))
     randomize_adapter(fm)

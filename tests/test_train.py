@@ -79,6 +79,22 @@ def test_each_method_learns_saves_and_reloads(world, tmp_path, method):
     assert bool(fm.fused_layers) == (method == "flare")
 
 
+def test_gradient_checkpointing_trains_the_same_flare_adapter(world, tmp_path):
+    """--gradient-checkpointing recomputes layers in backward; the fusion must stay on there, so
+    the adapter equals the one trained without it (and differs from a pivot-less one)."""
+    plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
+    assert runner.invoke(app, train_args(world, plain, "flare", "--max-steps", "4")).exit_code == 0
+    result = runner.invoke(app, train_args(world, ckpt, "flare", "--max-steps", "4", "--gradient-checkpointing"))
+    assert result.exit_code == 0, result.output
+    assert "gradient_checkpointing: true" in (ckpt / "train_config.yaml").read_text()
+    a = load_file(str(plain / "adapter_model.safetensors"))
+    b = load_file(str(ckpt / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+    assert losses(ckpt) == pytest.approx(losses(plain), abs=1e-5)
+
+
 def test_rerun_of_a_finished_run_is_a_no_op(world, tmp_path):
     out = tmp_path / "done"
     assert runner.invoke(app, train_args(world, out, "lora")).exit_code == 0

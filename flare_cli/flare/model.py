@@ -14,6 +14,7 @@ neither a custom-module mapping nor a LoraConfig subclass's extra fields.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -283,6 +284,41 @@ class FlareModel(nn.Module):
     def release(self) -> None:
         """Detach pivot states (frees their memory); fused layers then refuse to run."""
         self._attach(None)
+
+    # -- gradient checkpointing ----------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Non-reentrant activation checkpointing of every decoder layer, bound to the pivot.
+
+        Each checkpointed layer remembers the pivot session of the forward that ran it and puts it
+        back while backward recomputes that layer. So several forwards may precede one backward
+        (summed losses, chosen/rejected pairs) and each recomputation still fuses its own pivot.
+        Enabling checkpointing on the base model directly works for one forward per backward only.
+        """
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        if kwargs["use_reentrant"]:
+            raise ConfigError("FLARE needs non-reentrant gradient checkpointing (use_reentrant=False)")
+        kwargs["context_fn"] = self._checkpoint_contexts
+        lm = self.base_model
+        enable = getattr(lm, "activation_checkpointing_enable", None)  # transformers >= 5.x naming
+        if enable is not None:
+            enable(kwargs)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def _checkpoint_contexts(self):
+        """torch.utils.checkpoint context_fn: nothing in forward; in recomputation, this forward's session."""
+        if not self._fused:
+            return contextlib.nullcontext(), contextlib.nullcontext()
+        return contextlib.nullcontext(), self._reattached(self._fused[0].flare_session)
+
+    @contextlib.contextmanager
+    def _reattached(self, session: Optional[PivotSession]):
+        current = self._fused[0].flare_session
+        self._attach(session)
+        try:
+            yield
+        finally:
+            self._attach(current)
 
     # -- the pivot -------------------------------------------------------------------------
     @torch.no_grad()
