@@ -157,7 +157,8 @@ def translate(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[tok_s]:.0f} tok/s"), TimeRemainingColumn(),
         )
-        with Progress(*columns, console=console, transient=True) as progress:
+        # off when stderr is no terminal (logs, CI): rich would only leave a blank line there
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
             result = run_stage(lambda: stage.run(cfg, progress=_RichTranslateProgress(progress)))
     # stdout carries the data when --output is '-', so the summary goes to stderr then.
     say = (lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True)) if output == "-" else typer.echo
@@ -351,9 +352,10 @@ def _eval_with_progress(evaluate, cfg):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     label = cfg.adapter or cfg.method or "base"
+    console = _stderr_console()
     with Progress(
         TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=_stderr_console(), transient=True,
+        console=console, transient=True, disable=not console.is_terminal,
     ) as progress:
         bar = progress.add_task(label, total=None)
         return evaluate.run(cfg, progress=lambda n: progress.advance(bar, n))
@@ -531,7 +533,8 @@ class _DemoReporter:
         self.console.print(f"[bold cyan]\\[{index}/{total}][/] [bold]{escape(title)}[/]", highlight=False)
         self.console.print(f"  [dim]$ {escape(command)}[/]", highlight=False, soft_wrap=True)
         self._bar = Progress(TextColumn("  "), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                             TimeElapsedColumn(), console=self.console, transient=True)
+                             TimeElapsedColumn(), console=self.console, transient=True,
+                             disable=not self.console.is_terminal)
         self._bar.start()
         self._task = self._bar.add_task("", total=None)
 

@@ -358,6 +358,8 @@ def test_cli_pipeline_stdin_to_stdout(tiny_mt, reference, tmp_path, monkeypatch)
     out = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["text"] for r in out] == [reference(r["text"]) for r in rows]
     assert "3/3 rows eng_Latn -> swh_Latn" in result.stderr
+    # stderr is no terminal here: no progress bar, and not the blank line rich would leave
+    assert "\n\n" not in result.stderr and "translating" not in result.stderr
     assert (tmp_path / ".flare_cache" / "translations.sqlite").exists()
 
 
