@@ -24,7 +24,6 @@ the pivot states FLARE keeps alive for the step. docs/performance.md has the fig
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time

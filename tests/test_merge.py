@@ -238,7 +238,7 @@ def test_model_card_python_example_loads_the_trained_flare_model(world, tmp_path
     with torch.no_grad():
         got = scope["model"](IDS, pivot_input_ids=pivot).logits
     assert (got - want).abs().max().item() < 1e-5
-    assert f'flare eval --adapter "$(hf download me/flare-sw)"' in card
+    assert 'flare eval --adapter "$(hf download me/flare-sw)"' in card
     plain = AutoModelForCausalLM.from_pretrained(world["base"])  # without stage 1 it would differ
     assert (plain(IDS).logits - want).abs().max().item() > 1e-3
 

@@ -15,7 +15,6 @@ from flare_cli.tasks.templates import NLI_LABELS, SENTIMENT_LABELS
 from flare_cli.toyworld import TARGET_FLORES, build, default_root
 from flare_cli.toyworld.build import SIZES, WORLD_FILE, stage_hashes, task_rows
 from flare_cli.toyworld.language import (
-    CITIES,
     COLOURS,
     JOBS,
     OPINIONS,

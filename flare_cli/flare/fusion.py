@@ -85,6 +85,7 @@ FUSIONS: dict[str, FusionFn] = {
     "none": fuse_none,
 }
 
+
 def phi_absent(name: str, T: torch.Tensor) -> Optional[torch.Tensor]:
     """phi(0, T) in closed form, for a call where every position is absent (no pivot, or a decoding
     step after the fused prefill); None means "no update" (``mul``). Saves the zero S, the mask and
