@@ -115,11 +115,6 @@ def make_batches(args, torch, vocab):
     return move(plain), move(target), move(fusion)
 
 
-def sync(torch, device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 class Clock:
     """Seconds of one call, both ways: ``wall`` (between synchronisations on CUDA) and ``cpu``, this
     process's CPU time (all its threads) divided by its thread count, i.e. wall time as if it had its
@@ -335,15 +330,15 @@ def main(argv=None) -> None:
         runs["input-fusion"] = ("lora", fusion)  # plain LoRA on the concatenated sequence
 
     cuda = str(args.device).startswith("cuda")
-    clock_kind = args.clock if args.clock != "auto" else ("wall" if cuda else "cpu")
-    args.clock = clock_kind
+    if args.clock == "auto":
+        args.clock = "wall" if cuda else "cpu"
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
     print(f"device={device_name} dtype={args.dtype} preset={args.preset} hidden={config.hidden_size} "
           f"layers={config.num_hidden_layers} vocab={config.vocab_size} batch={args.batch} "
           f"prompt={args.prompt_len} answer={args.answer_len} r={args.r} targets={','.join(targets)} "
           f"threads={torch.get_num_threads()} steps={args.steps} (medians; methods interleaved; "
-          f"{'wall' if clock_kind == 'wall' else 'process CPU time / threads'}; other clock in brackets) "
+          f"{'wall' if args.clock == 'wall' else 'process CPU time / threads'}; other clock in brackets) "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"fused layers={len(flare.fused_layers)} of {config.num_hidden_layers}; pivot pass runs "
           f"{max(flare.fused_layers) if flare.fused_layers else 0} layers, no LM head")
@@ -369,11 +364,11 @@ def main(argv=None) -> None:
         for i in range(args.warmup + args.steps):
             for name, (model_name, batch) in runs.items():
                 fm = models[model_name]
-                with Clock(torch, args.device, clock_kind) as clock:
+                with Clock(torch, args.device, args.clock) as clock:
                     train_step(torch, fm, optimizers[model_name], params[model_name], batch)
                 if i >= args.warmup:
                     times[name].append(clock.seconds)
-                    other[name].append(clock.cpu_s if clock_kind == "wall" else clock.wall_s)
+                    other[name].append(clock.cpu_s if args.clock == "wall" else clock.wall_s)
         act = {name: activation_bytes(torch, models[m], batch) for name, (m, batch) in runs.items()}
         flops_done = {name: counted_flops(torch, models[m], optimizers[m], params[m], batch) for name, (m, batch) in runs.items()}
         measure_peak = cuda_peak if cuda else cpu_peak
