@@ -36,7 +36,9 @@ def test_qa_loader_maps_tydiqa_schema_and_filters_by_id_prefix(tydiqa_parquet):
     assert [r["id"] for r in rows] == ["swahili-1", "swahili-2"]
     assert rows[0]["answer"] == "Dodoma" and rows[0]["answer_start"] == 0
     assert rows[1]["answer"] == "Kenya" and rows[1]["answer_start"] == 11
-    assert "answers" not in rows[0]
+    assert rows[0]["answers"] == ["Dodoma", "mji wa Dodoma"]  # every gold answer is kept for scoring
+    # ISO 639-3 and FLORES codes select the same rows
+    assert [r["id"] for r in get_task("qa").load(str(tydiqa_parquet), "swh_Latn")] == ["swahili-1", "swahili-2"]
 
 
 def test_language_missing_from_dataset(tydiqa_parquet):
@@ -149,12 +151,19 @@ def test_label_parsing():
     assert qa.parse("   \n") is None
 
 
-def test_task_scores_use_language_aware_metrics():
+def test_task_scores_name_their_qa_scheme():
     qa = get_task("qa")
     rows = [{"answer": "the Nile"}, {"answer": "Kenya"}]
-    assert qa.score(["Nile", None], rows, lang="en")["exact_match"] == 50.0
+    # TyDiQA-GoldP is scored with SQuAD v1.1 in every language: "the" goes
     scores = qa.score(["Nile", None], rows, lang="sw")
-    assert scores["metric"] == "exact_match" and scores["value"] == 0.0 and scores["n_unparseable"] == 1
+    assert scores["metric"] == "exact_match" and scores["value"] == 50.0 and scores["n_unparseable"] == 1
+    assert scores["qa_metric"] == "squad"
+    # free-text custom data in a non-English language defaults to MLQA's rules: no English articles
+    free = get_task("custom", input_fields=["question"])
+    scores = free.score(["Nile", None], rows, lang="sw")
+    assert (scores["qa_metric"], scores["value"]) == ("mlqa", 0.0)
+    qa.qa_metric = "unicode"
+    assert qa.score(["Nile", None], rows, lang="sw")["qa_metric"] == "unicode"
     senti = get_task("sentiment")
     scores = senti.score(["positive", None], [{"label": "positive"}, {"label": "negative"}])
     assert scores["metric"] == "macro_f1" and scores["value"] == pytest.approx(100 / 3)

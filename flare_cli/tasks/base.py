@@ -69,14 +69,25 @@ def read_records(path: str) -> list[dict]:
     return records
 
 
-def load_hub_records(dataset_id: str, config: Optional[str], split: str) -> list[dict]:
-    """Records of a Hub dataset through ``datasets``; offline or unknown ids give one-line errors."""
+def load_hub_records(
+    dataset_id: str, config: Optional[str], split: str, *, parquet_export: Optional[bool] = None
+) -> list[dict]:
+    """Records of a Hub dataset through ``datasets``; offline, unknown and script-only ids give one line.
+
+    ``datasets`` >= 4 no longer runs loading scripts. A script dataset is then read from the Hub's
+    own parquet export (branch ``refs/convert/parquet``, one folder per config) when it has one.
+    """
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
     where = f"{dataset_id}" + (f" (config {config!r})" if config else "")
     try:
-        dataset = datasets.load_dataset(dataset_id, config, split=split)
+        if parquet_export:
+            dataset = datasets.load_dataset(
+                dataset_id, revision=PARQUET_EXPORT, data_dir=config or "default", split=split
+            )
+        else:
+            dataset = datasets.load_dataset(dataset_id, config, split=split)
     except DatasetNotFoundError:
         raise DataError(f"dataset {where} not found on the Hub or in the local cache") from None
     except ConnectionError:
@@ -84,9 +95,59 @@ def load_hub_records(dataset_id: str, config: Optional[str], split: str) -> list
             f"cannot reach the Hub dataset {where} (offline or no network) and it is not cached; "
             "download it elsewhere and pass a local JSONL/CSV/parquet file with --data"
         ) from None
-    except ValueError as err:  # unknown split or config
+    except RuntimeError as err:  # "Dataset scripts are no longer supported, but found x.py"
+        if "scripts are no longer supported" not in str(err):
+            raise
+        if parquet_export is None:
+            return load_hub_records(dataset_id, config, split, parquet_export=True)
+        raise DataError(
+            f"dataset {where} needs its loading script, which datasets {datasets.__version__} no longer "
+            "runs, and its parquet export did not load; export it to JSONL/CSV/parquet elsewhere and "
+            "pass the file with --data"
+        ) from None
+    except (ValueError, FileNotFoundError) as err:  # unknown split or config; no parquet export
+        if parquet_export:
+            raise DataError(
+                f"dataset {where} needs its loading script, which datasets {datasets.__version__} no longer "
+                f"runs, and its parquet export has no such config/split ({str(err).splitlines()[0]}); "
+                "export it to JSONL/CSV/parquet elsewhere and pass the file with --data"
+            ) from None
         raise DataError(f"dataset {where}: {str(err).splitlines()[0]}") from None
     return dataset.to_list()
+
+
+PARQUET_EXPORT = "refs/convert/parquet"
+
+
+def parse_columns(spec: Optional[str]) -> dict[str, str]:
+    """``--columns question=q,context=passage`` -> {"question": "q", "context": "passage"} (ours = theirs)."""
+    if not spec:
+        return {}
+    mapping: dict[str, str] = {}
+    for pair in (p.strip() for p in spec.split(",")):
+        ours, sep, theirs = pair.partition("=")
+        if not sep or not ours.strip() or not theirs.strip():
+            raise ConfigError(f"--columns: {pair!r} is not ours=theirs (e.g. question=q,context=passage)")
+        mapping[ours.strip()] = theirs.strip()
+    return mapping
+
+
+def rename_columns(records: list[dict], columns: dict[str, str], source: str) -> list[dict]:
+    """Copy each source column ``theirs`` to the canonical name ``ours``."""
+    if not columns or not records:
+        return records
+    missing = [theirs for theirs in columns.values() if theirs not in records[0]]
+    if missing:
+        raise DataError(
+            f"{source}: --columns names {missing[0]!r}, which is not a column "
+            f"(found: {', '.join(sorted(records[0])) or 'none'})"
+        )
+    out = []
+    for record in records:
+        row = {k: v for k, v in record.items() if k not in columns.values()}
+        row.update({ours: record[theirs] for ours, theirs in columns.items()})
+        out.append(row)
+    return out
 
 
 class Task:
@@ -114,9 +175,19 @@ class Task:
         return row
 
     def load(
-        self, source: Optional[str], lang: str, split: Optional[str] = None, *, require_gold: bool = True
+        self,
+        source: Optional[str],
+        lang: str,
+        split: Optional[str] = None,
+        *,
+        require_gold: bool = True,
+        config: Optional[str] = None,
+        columns: Optional[dict[str, str]] = None,
     ) -> list[dict]:
-        """Rows of ``source`` (local file or Hub id; default: the task's Hub dataset) for ``lang``."""
+        """Rows of ``source`` (local file or Hub id; default: the task's Hub dataset) for ``lang``.
+
+        ``config`` is the Hub config (default: the task's for ``lang``; ignored for local files);
+        ``columns`` maps canonical column names to the source's (``{"question": "q"}``)."""
         split = split or self.default_split
         source = source or self.hub_id
         if source is None:
@@ -124,7 +195,9 @@ class Task:
         if is_local_source(source):
             records = read_records(source)
         else:
-            records = load_hub_records(source, self.hub_config(lang), split)
+            own = source == self.hub_id
+            records = load_hub_records(source, config or (self.hub_config(lang) if own else None), split)
+        records = rename_columns(records, columns or {}, source)
         rows = [row for i, r in enumerate(records) if (row := self.from_source(r, i, lang, split)) is not None]
         if records and not rows:
             raise DataError(f"{source}: no rows for language {lang!r}{self._languages_hint(records)}")

@@ -24,7 +24,9 @@ def default_template(input_fields: Sequence[str]) -> str:
 
 class _FreeTextCustomTask(Task):
     primary_metric = "exact_match"
+    qa_metric = None  # None: squad for English, mlqa otherwise
     parse = QATask.parse
+    scheme = QATask.scheme
     is_correct = QATask.is_correct
     score = QATask.score
 

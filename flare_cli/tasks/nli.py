@@ -1,7 +1,9 @@
-"""NLI: XNLI (``facebook/xnli``, one config per language code such as ``sw``).
+"""NLI: XNLI (``facebook/xnli``, parquet, one config per language code such as ``sw``, plus
+``all_languages``).
 
 Hub rows are ``premise, hypothesis, label`` with label 0/1/2 = entailment/neutral/contradiction and
-no id; rows get ``<lang>-<split>-<index>`` ids.
+no id, splits ``train`` (392,702: MultiNLI machine-translated), ``validation`` (2,490) and ``test``
+(5,010, human-translated); rows get ``<lang>-<split>-<index>`` ids.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ class NLITask(ClassificationTask):
     primary_metric = "accuracy"
 
     def hub_config(self, lang: str) -> Optional[str]:
+        from flare_cli.tasks.qa import _iso1
+
+        lang = _iso1(lang)
         if lang not in XNLI_LANGUAGES:
             raise LanguageError(
                 f"XNLI has no language {lang!r} (available: {', '.join(XNLI_LANGUAGES)}); "
