@@ -38,6 +38,8 @@ class NLITask(ClassificationTask):
         return lang
 
     def from_source(self, record: dict, index: int, lang: str, split: str) -> Optional[dict]:
+        from flare_cli.tasks.qa import _iso1
+
         row = dict(record)
-        row.setdefault("id", f"{lang}-{split}-{index}")
+        row.setdefault("id", f"{_iso1(lang)}-{split}-{index}")
         return row
