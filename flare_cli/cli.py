@@ -195,6 +195,10 @@ def train(
     data: Optional[str] = _opt("Training data: local JSONL/CSV/parquet or Hub dataset id.", "--data"),
     validation_data: Optional[str] = _opt("Validation data (machine-translated for stage 3).", "--validation-data"),
     split: Optional[str] = _opt("Split of a Hub dataset. [default: train]", "--split"),
+    data_config: Optional[str] = _opt("Hub config (subset) of --data. [default: the task's for --lang]", "--data-config"),
+    columns: Optional[str] = _opt("Map the data's columns: ours=theirs,... e.g. question=q,context=passage.", "--columns"),
+    fields: Optional[str] = _opt("--task custom: comma-separated input columns.", "--fields"),
+    labels: Optional[str] = _opt("--task custom: comma-separated label words (free-text answers without).", "--labels"),
     task_adapter: Optional[str] = _opt("Stage-1 English task adapter, merged into the base first.", "--task-adapter"),
     fusion: Optional[str] = _opt("add_relu | add | mul | cross_attention | none. [default: add_relu]", "--fusion"),
     target_modules: Optional[str] = _opt("LoRA targets, comma-separated, or all-linear. [default: q_proj,v_proj]", "--target-modules"),
@@ -214,7 +218,7 @@ def train(
     epochs: Optional[float] = _opt("Epochs. [default: 3]", "--epochs"),
     max_steps: Optional[int] = _opt("Optimizer steps (overrides --epochs).", "--max-steps"),
     warmup_ratio: Optional[float] = _opt("Linear warm-up share of the steps. [default: 0]", "--warmup-ratio"),
-    max_length: Optional[int] = _opt("Max prompt tokens (kept from the end). [default: 128]", "--max-length"),
+    max_length: Optional[int] = _opt("Max prompt tokens (kept from the end; truncated rows are counted). [default: qa 512, nli/sentiment 256]", "--max-length"),
     seed: Optional[int] = _opt("Random seed. [default: 42]", "--seed"),
     dtype: Optional[str] = _opt("auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU).", "--dtype"),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (fusion stays on).", show_default=False),
@@ -258,6 +262,20 @@ def train(
                    f"train loss {result.train_loss:.4f}{best} ({result.elapsed_s:.0f}s)")
 
 
+def _warn_truncation(report: Optional[dict], what: str) -> None:
+    """One stderr line when prompts were cut to --max-length, naming rows whose gold answer went too."""
+    if not report or not report.get("n_truncated"):
+        return
+    from rich.markup import escape
+
+    line = (f"{report['n_truncated']}/{report['n']} {what} prompts were longer than --max-length "
+            f"{report['max_length']} and lost their start")
+    if report.get("n_answer_cut"):
+        line += (f"; in {report['n_answer_cut']} the gold answer was cut away "
+                 f"(first ids: {', '.join(report['answer_cut_ids'][:5])})")
+    _stderr_console().print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
 def _training_progress():
     """A trainer_log callback that prints progress lines (step, loss, ETA) on stderr."""
     console = _stderr_console()
@@ -272,6 +290,8 @@ def _training_progress():
         elif "eval_loss" in record:
             console.print(f"[dim]step[/] {record['step']}  [cyan]validation loss[/] {record['eval_loss']:.4f}"
                           + ("  [green]best[/]" if record["best"] else ""), highlight=False)
+        elif record.get("event") == "truncation":
+            _warn_truncation(record, "training")
         elif record.get("event") == "resume":
             console.print(f"[yellow]resuming[/] from {record['checkpoint']}", highlight=False)
 
@@ -293,6 +313,13 @@ def eval_(
     lang: str = typer.Option(None, "--lang", help="Target language code (default: the adapter's)."),
     data: str = typer.Option(None, "--data", help="Local JSONL/CSV/parquet or Hub dataset id (default: the task's)."),
     split: str = typer.Option(None, "--split", help="Dataset split (default: the task's test split)."),
+    data_config: str = typer.Option(None, "--data-config", help="Hub config (subset) of --data (default: the task's for --lang)."),
+    columns: str = typer.Option(None, "--columns", help="Map the data's columns: ours=theirs,... e.g. question=q,context=passage."),
+    qa_metric: str = typer.Option(
+        None, "--qa-metric", help="Free-text scoring: squad (SQuAD v1.1 script) | mlqa (MLQA script) | unicode "
+        "(default: squad for qa and English, mlqa otherwise).", show_default=False,
+    ),
+    max_length: int = typer.Option(None, "--max-length", min=1, help="Cut prompts to N tokens as training does (default: no cut); cut rows are counted."),
     output_dir: str = typer.Option("eval", "--output-dir", "-o", help="Where predictions.jsonl and metrics.json go."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Default: 32 for qa, 8 for labels."),
@@ -329,10 +356,13 @@ def eval_(
             task=task, lang=lang, adapter=adapter_dir, base=base, task_adapter=task_adapter, method=run_method,
             data=data, split=split, output_dir=str(run_dir), batch_size=batch_size, max_new_tokens=max_new_tokens,
             limit=limit, predict=predict, task_options=task_options, mt_model=mt_model,
-            back_translate_answers=back_translate_answers,
+            back_translate_answers=back_translate_answers, qa_metric=qa_metric, data_config=data_config,
+            columns=columns, max_length=max_length,
         )
         results.append(run_stage(lambda: _eval_with_progress(evaluate, cfg)))
     metrics = [r.metrics for r in results]
+    for m in metrics:
+        _warn_truncation(m.get("truncation"), "evaluation")
     _print_eval_table(metrics, predict)
     if json_out:
         typer.echo(json.dumps(metrics if (compare or len(metrics) > 1) else metrics[0], indent=2, ensure_ascii=False))
@@ -380,7 +410,8 @@ def _print_eval_table(metrics: list[dict], predict: bool) -> None:
 def _eval_line(m: dict, output_dir: str) -> str:
     who = m["adapter"] or m["settings"]["base"]
     if "metric" in m:
-        return f"{who} {m['method']} {m['task']}/{m['lang']}: {m['metric']} {m['value']:.2f} (n={m['n']}, unparseable={m['n_unparseable']}) -> {output_dir}"
+        scheme = f" [{m['qa_metric']}]" if m.get("qa_metric") else ""
+        return f"{who} {m['method']} {m['task']}/{m['lang']}: {m['metric']}{scheme} {m['value']:.2f} (n={m['n']}, unparseable={m['n_unparseable']}) -> {output_dir}"
     return f"{who} {m['method']} {m['task']}/{m['lang']}: {m['n']} predictions (unparseable={m['n_unparseable']}) -> {output_dir}"
 
 

@@ -60,11 +60,21 @@ class EvalConfig:
     # target language before scoring, as the gold answer is in the target language.
     back_translate_answers: bool = True
     dtype: str = "auto"
+    qa_metric: Optional[str] = None  # squad | mlqa | unicode (default: flare_cli.metrics.default_qa_metric)
+    data_config: Optional[str] = None  # Hub config of --data
+    columns: Optional[str] = None  # "ours=theirs,..." column mapping
+    max_length: Optional[int] = None  # prompt tokens kept (from the end, as in training); None: no cut
 
 
 # -- generation core ----------------------------------------------------------------------------
-def _left_padded(tokenizer, texts: Sequence[str], device):
-    batch = tokenizer(list(texts), return_tensors="pt", padding=True)
+def _left_padded(tokenizer, texts: Sequence[str], device, max_length: Optional[int] = None):
+    if max_length is None:
+        batch = tokenizer(list(texts), return_tensors="pt", padding=True)
+    else:  # cut as training does: BOS + the end of the prompt
+        from flare_cli.encode import encode_prompt
+
+        ids = [encode_prompt(tokenizer, text, max_length) for text in texts]
+        batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
@@ -78,6 +88,7 @@ def generate_answers(
     max_new_tokens: int = 32,
     batch_size: int = 8,
     progress: Optional[Callable[[int], None]] = None,
+    max_length: Optional[int] = None,
 ) -> list[str]:
     """Greedy answers (new tokens only, cut at the first newline) for ``prompts``, in order.
 
@@ -103,10 +114,10 @@ def generate_answers(
     answers: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            input_ids, attention_mask = _left_padded(tokenizer, prompts[start : start + batch_size], device)
+            input_ids, attention_mask = _left_padded(tokenizer, prompts[start : start + batch_size], device, max_length)
             kwargs: dict[str, Any] = {}
             if pivots is not None:
-                pivot_ids, pivot_mask = _left_padded(tokenizer, pivots[start : start + batch_size], device)
+                pivot_ids, pivot_mask = _left_padded(tokenizer, pivots[start : start + batch_size], device, max_length)
                 kwargs = {"pivot_input_ids": pivot_ids, "pivot_attention_mask": pivot_mask}
             elif mt_lang is not None:
                 encoder = model.mt_encoder
@@ -167,6 +178,7 @@ def evaluate_rows(
     batch_size: int = 8,
     progress: Optional[Callable[[int], None]] = None,
     answer_translator: Optional[Callable[[list[str]], list[str]]] = None,
+    max_length: Optional[int] = None,
 ) -> EvalResult:
     """Generate, parse and (with ``score``) score ``rows`` under ``method``. Writes nothing.
 
@@ -184,6 +196,7 @@ def evaluate_rows(
         max_new_tokens=max_new_tokens or default_max_new_tokens(task),
         batch_size=batch_size,
         progress=progress,
+        max_length=max_length,
     )
     answers = answer_translator(raw) if answer_translator else raw
     parsed = [task.parse(text) for text in answers]
@@ -200,7 +213,27 @@ def evaluate_rows(
         metrics = task.score(parsed, rows, lang=lang)
     else:
         metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in parsed)}
+    metrics["truncation"] = _truncation(tokenizer, task, rows, prompts, pivots, max_length)
     return EvalResult(metrics=metrics, predictions=predictions)
+
+
+def _truncation(tokenizer, task: Task, rows, prompts, pivots, max_length: Optional[int]) -> dict:
+    """encode.truncation_report of the prompts as generate_answers cut them (nothing without max_length)."""
+    from types import SimpleNamespace
+
+    from flare_cli.encode import encode_prompt, prompt_truncation, truncation_report
+
+    records = []
+    for i, (row, prompt) in enumerate(zip(rows, prompts)):
+        truncated = answer_cut = pivot_truncated = False
+        if max_length is not None:
+            _, truncated, answer_cut = prompt_truncation(tokenizer, task, row, prompt, max_length)
+            if pivots is not None:
+                full = len(tokenizer(pivots[i], add_special_tokens=True)["input_ids"])
+                pivot_truncated = len(encode_prompt(tokenizer, pivots[i], max_length)) < full
+        records.append(SimpleNamespace(row_id=str(row.get("id")), truncated=truncated, answer_cut=answer_cut,
+                                       pivot_truncated=pivot_truncated))
+    return truncation_report(max_length, records)
 
 
 # -- model loading --------------------------------------------------------------------------------
@@ -353,7 +386,18 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         raise ConfigError("--limit must be at least 1")
     resolved = _resolve(cfg)
     task = resolved.task
-    rows = task.load(cfg.data, resolved.lang, cfg.split, require_gold=not cfg.predict)
+    if cfg.qa_metric:
+        from flare_cli.metrics import check_qa_metric
+
+        if not hasattr(task, "qa_metric"):
+            raise ConfigError(f"--qa-metric scores free-text answers; task {task.name!r} has labels")
+        task.qa_metric = check_qa_metric(cfg.qa_metric)
+    if cfg.max_length is not None and cfg.max_length < 1:
+        raise ConfigError("--max-length must be at least 1")
+    from flare_cli.tasks.base import parse_columns
+
+    rows = task.load(cfg.data, resolved.lang, cfg.split, require_gold=not cfg.predict,
+                     config=cfg.data_config, columns=parse_columns(cfg.columns))
     if cfg.limit:
         rows = rows[: cfg.limit]
     pivots_from = None
@@ -380,6 +424,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         batch_size=cfg.batch_size,
         progress=progress,
         answer_translator=answer_translator,
+        max_length=cfg.max_length,
     )
     metrics = {
         **result.metrics,
@@ -392,6 +437,8 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "task_adapter": resolved.task_adapter,
             "data": resolved.source,
             "split": cfg.split or task.default_split,
+            "data_config": cfg.data_config,
+            "max_length": cfg.max_length,
             "max_new_tokens": max_new_tokens,
             "batch_size": cfg.batch_size,
             "limit": cfg.limit,

@@ -31,6 +31,9 @@ from flare_cli.config import dump_yaml, public_dict
 from flare_cli.errors import ConfigError
 
 RESULT_NAME = "train_result.json"
+# Prompt tokens kept per task when --max-length is not given (docs/tasks.md, "Truncation"): QA
+# prompts carry a whole TyDiQA-GoldP passage, classification prompts a sentence or two.
+DEFAULT_MAX_LENGTH = {"qa": 512, "nli": 256, "sentiment": 256, "custom": 512}
 OWN_FILES = {"train_config.yaml", "trainer_log.jsonl", "checkpoints", RESULT_NAME}
 
 
@@ -44,6 +47,10 @@ class TrainConfig:
     data: Optional[str] = None
     validation_data: Optional[str] = None
     split: str = "train"
+    data_config: Optional[str] = None  # Hub config of --data (default: the task's for --lang)
+    columns: Optional[str] = None  # "ours=theirs,..." column mapping of --data / --validation-data
+    fields: Any = None  # --task custom: input columns ("question,context" or a list)
+    labels: Any = None  # --task custom: label words (a label task) or none (free text)
     task_adapter: Optional[str] = None
     fusion: str = "add_relu"
     target_modules: Any = "q_proj,v_proj"
@@ -64,7 +71,7 @@ class TrainConfig:
     max_steps: Optional[int] = None
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
-    max_length: int = 128
+    max_length: Optional[int] = None  # default: DEFAULT_MAX_LENGTH of the task
     seed: int = 42
     dtype: str = "auto"
     gradient_checkpointing: bool = False
@@ -90,6 +97,8 @@ class TrainConfig:
             raise ConfigError(
                 f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}"
             )
+        if self.max_length is None:
+            self.max_length = DEFAULT_MAX_LENGTH.get(self.task, 512)
         for name in ("r", "batch_size", "micro_batch_size", "max_length", "logging_steps"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -111,6 +120,7 @@ class TrainResult:
     resumed_from: Optional[int]
     elapsed_s: float
     already_complete: bool = False
+    truncation: Optional[dict] = None  # encode.truncation_report of the training rows
     log: list[dict] = field(default_factory=list, repr=False)
 
 
@@ -138,8 +148,18 @@ def _prepare_output_dir(cfg: TrainConfig) -> Optional[dict]:
     return None
 
 
+def task_options(cfg: TrainConfig) -> dict:
+    """get_task options of --task custom (fields, labels); none for the built-in tasks."""
+    def as_list(value):
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    return {k: v for k, v in (("input_fields", as_list(cfg.fields)), ("labels", as_list(cfg.labels))) if v}
+
+
 def _load_rows(cfg: TrainConfig, source: Optional[str], split: str, task):
-    rows = task.load(source, cfg.lang, split)
+    from flare_cli.tasks.base import parse_columns
+
+    rows = task.load(source, cfg.lang, split, config=cfg.data_config, columns=parse_columns(cfg.columns))
     if cfg.method in ("flare", "input-fusion"):
         task.require_pivots(rows, source or task.hub_id or cfg.task)
     return rows[: cfg.limit] if cfg.limit else rows
@@ -266,7 +286,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     from transformers import get_linear_schedule_with_warmup
 
     from flare_cli.distributed import Dist
-    from flare_cli.encode import build_examples, collate
+    from flare_cli.encode import build_examples, collate, truncation_report
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.languages import resolve
     from flare_cli.modeling import load_base_model, pick_device
@@ -274,7 +294,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
 
     on_log = on_log or (lambda record: None)
     resolve(cfg.lang)  # unknown language codes fail before anything is loaded
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, **task_options(cfg))
     dist = Dist.from_env()  # one process: a no-op; torchrun / accelerate launch: accelerate + DDP
     if dist.world_size > 1 and cfg.device_map:
         raise ConfigError("--device-map splits one model over devices; it cannot be combined with torchrun / "
@@ -325,6 +345,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
 
     mt = {"mt_encoder": mt_encoder, "lang": cfg.lang} if mt_encoder is not None else {}
     examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length, **mt)
+    truncation = truncation_report(cfg.max_length, examples)
     val_examples = build_examples(tokenizer, task, val_rows, cfg.method, cfg.max_length, **mt) if val_rows else []
     accum = cfg.batch_size // cfg.micro_batch_size
     micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
@@ -361,6 +382,8 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
             handle.write(json.dumps(record) + "\n")
         on_log(record)
 
+    if truncation["n_truncated"] and resumed_from is None:
+        log({"event": "truncation", **truncation})
     micro = state["micro"]
     world = dist.world_size
     while state["step"] < total_steps:
@@ -415,7 +438,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
         output_dir=str(out), method=cfg.method, steps=state["step"], epochs=round(micro / micro_per_epoch, 4),
         train_loss=state["train_loss"] if state["train_loss"] is not None else float("nan"),
         best_validation_loss=state["best_loss"], best_step=state["best_step"], resumed_from=resumed_from,
-        elapsed_s=round(time.time() - start, 2),
+        elapsed_s=round(time.time() - start, 2), truncation=truncation,
     )
     if dist.is_main:
         final = out / "checkpoints" / f"checkpoint-{state['best_step'] or state['step']}"

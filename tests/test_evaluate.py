@@ -411,3 +411,44 @@ def test_translate_test_qa_answers_are_back_translated_before_scoring(saved, tin
     assert [p["prediction"] for p in back.predictions] == [get_task("qa").parse(t) for t in expected]
     assert back.metrics["settings"]["answers"] == f"back-translated by {tiny_mt}"
     assert "answers" not in plain.metrics["settings"] and "back_translated" not in plain.predictions[0]
+
+
+def test_cli_eval_json_reports_the_qa_scheme_and_truncation(saved, tmp_path):
+    """--max-length cuts prompts as training does; metrics.json counts the cut rows and those whose
+    gold answer went (checked against the tokenizer's own decoding of what was kept)."""
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    from flare_cli.cli import app
+    from flare_cli.encode import encode_prompt
+
+    data = str(saved / "test.sw.jsonl")
+    runner = CliRunner()
+    plain = runner.invoke(app, ["eval", "--adapter", str(saved / "adapter"), "--data", data, "-o",
+                                str(tmp_path / "plain"), "--max-new-tokens", "2", "--json"])
+    assert plain.exit_code == 0, plain.output
+    metrics = json.loads(plain.stdout)
+    assert metrics["qa_metric"] == "squad"  # TyDiQA-style QA: SQuAD v1.1 scoring
+    assert metrics["truncation"] == {"max_length": None, "n": 2, "n_truncated": 0, "n_pivot_truncated": 0,
+                                     "n_answer_cut": 0, "answer_cut_ids": []}
+
+    cut = runner.invoke(app, ["eval", "--adapter", str(saved / "adapter"), "--data", data, "-o",
+                              str(tmp_path / "cut"), "--max-new-tokens", "2", "--max-length", "12",
+                              "--qa-metric", "mlqa", "--json"])
+    assert cut.exit_code == 0, cut.output
+    metrics = json.loads(cut.stdout)
+    assert metrics["qa_metric"] == "mlqa" and metrics["settings"]["max_length"] == 12
+    assert metrics == json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(saved / "base")
+    task = get_task("qa")
+    prompts = [task.prompt(r) for r in QA_ROWS]
+    truncated = [r["id"] for r, p in zip(QA_ROWS, prompts) if len(tokenizer(p)["input_ids"]) > 12]
+    gone = [r["id"] for r, p in zip(QA_ROWS, prompts)
+            if r["answer"] not in tokenizer.decode(encode_prompt(tokenizer, p, 12), skip_special_tokens=True)]
+    assert truncated == ["q1", "q2"] and gone
+    report = metrics["truncation"]
+    assert (report["n_truncated"], report["n_answer_cut"], report["answer_cut_ids"]) == (2, len(gone), gone)
+    assert f"warning: 2/2 evaluation prompts were longer than --max-length 12" in cut.stderr
+
+    bad = runner.invoke(app, ["eval", "--adapter", str(saved / "adapter"), "--data", data, "--qa-metric", "bleu"])
+    assert bad.exit_code == 2 and "unknown QA metric 'bleu' (choose from squad, mlqa, unicode)" in bad.stderr

@@ -184,3 +184,37 @@ def test_unknown_yaml_key_is_rejected(tmp_path):
     cfg.write_text("base: m\noutput_dir: o\nlearnin_rate: 0.1\n")
     result = runner.invoke(app, ["train", "-c", str(cfg), "--dry-run"])
     assert result.exit_code == 2 and "unknown key 'learnin_rate'" in result.output
+
+
+def test_truncated_rows_are_counted_logged_and_warned(world, tmp_path):
+    """--max-length shorter than the prompts: every row is cut, and the answers (at the start of the
+    context) go with it; the counts are in the JSON result, trainer_log.jsonl and one stderr line."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "short"
+    args = train_args(world, out, "lora", "--max-length", "6", "--max-steps", "2", "--json")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])["truncation"]
+    tokenizer = AutoTokenizer.from_pretrained(world / "base")
+    rows = [json.loads(line) for line in (world / "train.jsonl").read_text().splitlines()]
+    prompts = [f"Context: {r['context']}\nQuestion: {r['question']}\nAnswer:" for r in rows]
+    longer = sum(len(tokenizer(p)["input_ids"]) > 6 for p in prompts)
+    assert (report["max_length"], report["n"], report["n_truncated"]) == (6, 48, longer) and longer == 48
+    assert report["n_answer_cut"] == 48  # 6 tokens keep only "...wapi?\nAnswer:"
+    logged = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert logged[0]["event"] == "truncation" and logged[0]["n_truncated"] == 48
+    assert "warning: 48/48 training prompts were longer than --max-length 6" in result.stderr
+    assert "the gold answer was cut away (first ids: r0, r1" in result.stderr
+
+
+def test_default_max_length_is_per_task_and_custom_trains(world, tmp_path):
+    result = runner.invoke(app, ["train", "--base", "b", "-o", "o", "--task", "nli", "--dry-run", "--json"])
+    assert json.loads(result.output)["max_length"] == 256
+    result = runner.invoke(app, ["train", "--base", "b", "-o", "o", "--dry-run", "--json"])
+    assert json.loads(result.output)["max_length"] == 512
+    out = tmp_path / "custom"
+    args = train_args(world, out, "lora", "--task", "custom", "--fields", "question,context", "--max-steps", "2", "--json")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["truncation"]["n_truncated"] == 0
