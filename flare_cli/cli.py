@@ -131,6 +131,10 @@ def translate(
         "keep", "--on-projection-failure",
         help="QA rows whose answer span is not found after MT: keep (answer_start null), drop, or error.",
     ),
+    references: str = typer.Option(
+        None, "--references", help="Score the output (sacrebleu chrF, chrF++, BLEU) against a column of the input, "
+        "field=column pairs, or a .txt file with one reference per row.", show_default=False,
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (on stderr when --output is '-')."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -145,7 +149,7 @@ def translate(
         fields=tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else None,
         mt_model=mt_model, revision=revision, num_beams=num_beams, max_new_tokens=max_new_tokens,
         batch_tokens=batch_tokens, max_input_tokens=max_input_tokens, device=device, device_map=device_map,
-        cache_dir=cache_dir, on_projection_failure=on_projection_failure,
+        cache_dir=cache_dir, on_projection_failure=on_projection_failure, references=references,
     )
     console = _stderr_console()
     if quiet:
@@ -170,6 +174,9 @@ def translate(
         f"translated, {result.cache_hits} from cache, {result.seconds:.1f}s -> {result.output}"
     )
     say(line)
+    for name, q in (result.quality or {}).items():
+        say(f"{name}: chrF {q['chrf']:.1f}  chrF++ {q['chrf++']:.1f}  BLEU {q['bleu']:.1f}  (n={q['n']}, sacrebleu "
+            f"{q['signatures']['chrf++']})")
     if result.projection_failed:
         what = "dropped" if on_projection_failure == "drop" else "kept with answer_start null"
         console.print(

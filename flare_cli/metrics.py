@@ -269,44 +269,54 @@ def mt_scores(hypotheses: Sequence[str], references: Sequence[str], *, target_la
     return scores
 
 
-def reference_scores(
-    rows: Sequence[dict], fields: Sequence[str], direction: str, references: str, *, target_lang: str = ""
-) -> dict:
-    """MT quality of `flare translate` output rows against references, per translated field.
+def reference_texts(rows: Sequence[dict], fields: Sequence[str], references: str) -> dict[str, dict[str, str]]:
+    """{field: {row id: reference}} for `flare translate --references`, checked before any translating.
 
-    ``references`` is a column of the rows (one translated field), ``field=column,...`` pairs, or a
-    ``.txt`` file with one reference per row (one translated field). A translated field ``f`` is in
-    column ``f`` (``--direction train``) or ``pivot_f`` (``--direction test``).
-    """
+    ``references`` is a column of the input rows (one translated field), ``field=column,...`` pairs,
+    or a ``.txt`` file with one reference per input row (one translated field)."""
     from pathlib import Path
 
     from flare_cli.errors import DataError
 
     fields = list(fields)
+    ids = [str(r.get("id", i)) for i, r in enumerate(rows)]
     if references.endswith(".txt") or (Path(references).is_file() and "=" not in references):
         if len(fields) != 1:
-            raise ConfigError(f"--references {references}: a text file scores one field, but {len(fields)} are translated; use field=column pairs")
+            raise ConfigError(f"--references {references}: a text file scores one field, but {len(fields)} "
+                              "are translated; use field=column pairs")
+        if not Path(references).is_file():
+            raise DataError(f"--references {references}: no such file")
         lines = Path(references).read_text(encoding="utf-8").splitlines()
         if len(lines) != len(rows):
             raise DataError(f"--references {references}: {len(lines)} lines for {len(rows)} rows")
-        columns = {fields[0]: lines}
-    else:
-        pairs = [p.strip() for p in references.split(",") if p.strip()]
-        if len(pairs) == 1 and "=" not in pairs[0]:
-            if len(fields) != 1:
-                raise ConfigError(f"--references {references}: name a column per field (field=column,...) for {', '.join(fields)}")
-            pairs = [f"{fields[0]}={pairs[0]}"]
-        columns = {}
-        for pair in pairs:
-            field, _, column = pair.partition("=")
-            if field not in fields or not column:
-                raise ConfigError(f"--references: {pair!r} is not field=column for a translated field ({', '.join(fields)})")
-            missing = next((r.get("id", i) for i, r in enumerate(rows) if not isinstance(r.get(column), str)), None)
-            if missing is not None:
-                raise DataError(f"--references: row {missing!r} has no text in column {column!r}")
-            columns[field] = [r[column] for r in rows]
-    out = {}
-    for field, refs in columns.items():
-        hyp_column = field if direction == "train" else f"pivot_{field}"
-        out[field] = mt_scores([r[hyp_column] for r in rows], refs, target_lang=target_lang)
+        return {fields[0]: dict(zip(ids, lines))}
+    pairs = [p.strip() for p in references.split(",") if p.strip()]
+    if len(pairs) == 1 and "=" not in pairs[0]:
+        if len(fields) != 1:
+            raise ConfigError(f"--references {references}: name a column per field (field=column,...) "
+                              f"for {', '.join(fields)}")
+        pairs = [f"{fields[0]}={pairs[0]}"]
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        field, _, column = pair.partition("=")
+        if field not in fields or not column:
+            raise ConfigError(f"--references: {pair!r} is not field=column for a translated field ({', '.join(fields)})")
+        for row_id, row in zip(ids, rows):
+            if not isinstance(row.get(column), str):
+                raise DataError(f"--references: row {row_id!r} has no text in column {column!r}")
+        out[field] = {row_id: row[column] for row_id, row in zip(ids, rows)}
     return out
+
+
+def reference_scores(
+    rows: Sequence[dict], references: dict[str, dict[str, str]], direction: str, *, target_lang: str = ""
+) -> dict:
+    """{field: mt_scores} of translated rows (``f``, or ``pivot_f`` for ``--direction test``) against
+    ``reference_texts``; rows are matched by id, so rows dropped on the way are left out of both."""
+    scores = {}
+    for field, by_id in references.items():
+        column = field if direction == "train" else f"pivot_{field}"
+        kept = [r for r in rows if str(r.get("id")) in by_id]
+        scores[field] = mt_scores([r[column] for r in kept], [by_id[str(r["id"])] for r in kept],
+                                  target_lang=target_lang)
+    return scores

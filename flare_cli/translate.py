@@ -30,6 +30,7 @@ from flare_cli import __version__
 from flare_cli.config import flare_home
 from flare_cli.errors import ConfigError, DataError, ModelError
 from flare_cli.languages import Language, resolve
+from flare_cli.metrics import reference_scores, reference_texts
 from flare_cli.mt_cache import TranslationCache, cache_key
 
 DEFAULT_MT_MODEL = "facebook/nllb-200-3.3B"
@@ -67,6 +68,7 @@ class TranslateConfig:
     device_map: str | None = None
     cache_dir: str | None = None  # default: <output dir>/.flare_cache
     on_projection_failure: str = "keep"
+    references: str | None = None  # score the output: a column, field=column pairs or a .txt file
 
 
 @dataclass
@@ -84,6 +86,7 @@ class TranslateResult:
     seconds: float
     projection_failed: int = 0
     projection_failed_ids: list[str] = field(default_factory=list)
+    quality: dict | None = None  # {field: chrF / chrF++ / BLEU} with --references (flare_cli.metrics)
 
 
 class ProgressSink(Protocol):
@@ -445,6 +448,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFT
     _check_rows(rows, fields, qa_train, name)
     if "id" not in rows[0]:
         rows = [{"id": str(i), **row} for i, row in enumerate(rows)]
+    references = reference_texts(rows, fields, cfg.references) if cfg.references else None
 
     out_dir = Path.cwd() if cfg.output == "-" else Path(cfg.output).resolve().parent
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / ".flare_cache"
@@ -457,6 +461,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFT
             out_rows, failed_ids = _translate_qa_train(rows, fields, mt, cfg.on_projection_failure)
         else:
             out_rows, failed_ids = _translate_rows(rows, fields, mt, cfg.direction), []
+    quality = reference_scores(out_rows, references, cfg.direction, target_lang=tgt.flores) if references else None
 
     meta_path = None
     if cfg.output == "-":
@@ -483,6 +488,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFT
             "rows_out": len(out_rows),
             "projection_failed": len(failed_ids),
             "on_projection_failure": cfg.on_projection_failure if qa_train else None,
+            **({"quality": quality} if quality else {}),
         }
         _atomic_write(Path(meta_path), (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
 
@@ -490,7 +496,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFT
         output=cfg.output, meta_path=meta_path, src=src.flores, tgt=tgt.flores, rows_in=len(rows),
         rows_out=len(out_rows), segments=len(mt.segment_keys), translated=mt.translated,
         cache_hits=len(mt.hit_keys - mt.translated_keys), generated_tokens=mt.tokens, seconds=time.perf_counter() - started,
-        projection_failed=len(failed_ids), projection_failed_ids=failed_ids[:20],
+        projection_failed=len(failed_ids), projection_failed_ids=failed_ids[:20], quality=quality,
     )
 
 

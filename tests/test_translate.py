@@ -369,3 +369,45 @@ def test_cli_unknown_language_exits_2(tmp_path):
                                       "-l", "xx-YY", "-t", "sentiment"])
     assert result.exit_code == 2
     assert "unknown language code 'xx-YY'" in " ".join(result.stderr.split())
+
+
+# -------------------------------------------------------------------------------- --references
+
+
+def test_references_score_the_output_with_sacrebleu(tmp_path):
+    import sacrebleu
+
+    rows = [{"id": "n1", "text": "Rain fell.", "ref": "mvua ilinyesha."},
+            {"id": "n2", "text": "The cat fell.", "ref": "paka alianguka."}]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    cfg = TranslateConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"), lang="sw",
+                          task="sentiment", references="ref")
+    result = tr.run(cfg, engine=WordEngine())
+    hyps = [r["text"] for r in read_jsonl(result.output)]
+    refs = [r["ref"] for r in rows]
+    quality = result.quality["text"]
+    assert quality["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert quality["chrf++"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score)
+    assert quality["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert json.loads(Path(result.meta_path).read_text())["quality"] == result.quality
+    # a .txt file of references, one per row, scores the same
+    (tmp_path / "refs.txt").write_text("mvua ilinyesha.\npaka alianguka.\n")
+    again = tr.run(TranslateConfig(**{**cfg.__dict__, "references": str(tmp_path / "refs.txt")}), engine=WordEngine())
+    assert again.quality == result.quality
+
+
+def test_references_are_checked_before_translating(tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "n1", "text": "Rain fell."}])
+    cfg = TranslateConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"), lang="sw",
+                          task="sentiment", references="ref")
+    with pytest.raises(DataError, match=r"^--references: row 'n1' has no text in column 'ref'$"):
+        tr.run(cfg, engine=WordEngine())
+    (tmp_path / "refs.txt").write_text("a\nb\n")
+    with pytest.raises(DataError, match=r"refs.txt: 2 lines for 1 rows$"):
+        tr.run(TranslateConfig(**{**cfg.__dict__, "references": str(tmp_path / "refs.txt")}), engine=WordEngine())
+    write_jsonl(tmp_path / "nli.jsonl", [{"id": "n1", "premise": "Rain fell.", "hypothesis": "It fell.", "ref": "x"}])
+    qa = TranslateConfig(input=str(tmp_path / "nli.jsonl"), output=str(tmp_path / "o.jsonl"), lang="sw",
+                         task="nli", references="ref")
+    with pytest.raises(ConfigError, match=r"name a column per field \(field=column,...\) for premise, hypothesis"):
+        tr.run(qa, engine=WordEngine())
+    assert not (tmp_path / "out.jsonl").exists()
