@@ -274,13 +274,19 @@ def test_a_root_that_is_a_file_is_a_one_line_config_error(tmp_path):
         build(tmp_path / "taken", size="quick")
 
 
-def test_chrf_matches_a_hand_computed_score():
-    from flare_cli.toyworld.mt import chrf
+def test_mt_check_scores_with_sacrebleu(quick_world):
+    """The toy world's MT figures are sacrebleu's corpus chrF / chrF++ (no hand-written chrF: the old
+    one counted tabs and newlines as characters and differed on short texts)."""
+    import sacrebleu
 
-    # 1-grams: P 2/2, R 2/3; 2-grams: P 1/1, R 1/2 -> P 1, R 7/12, F2 = 5PR / (4P + R) = 35/55.
-    assert chrf(["ab"], ["abc"], order=2) == pytest.approx(100 * 35 / 55)
-    assert chrf(["Anna Berg"], ["AnnaBerg"]) == pytest.approx(100.0)  # spaces are ignored
-    assert chrf(["xyz"], ["abc"]) == 0.0
+    from flare_cli.toyworld.check import mt_quality, mt_translations
+
+    pairs = mt_translations(quick_world, pairs=8)
+    scores = mt_quality(quick_world, pairs=8)
+    for name, (hyps, refs) in pairs.items():
+        assert scores[f"{name} chrF"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+        assert scores[f"{name} chrF++"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score)
+        assert scores[f"{name} exact"] == sum(h == r for h, r in zip(hyps, refs)) / 8
 
 
 def test_pretraining_blocks_hold_whole_documents(quick_world):

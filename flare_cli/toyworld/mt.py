@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,27 +110,3 @@ def translate(model, tokenizer, texts: list[str], src: str, tgt: str, max_new_to
             do_sample=False,
         )
     return tokenizer.batch_decode(out, skip_special_tokens=True)
-
-
-def chrf(hypotheses: list[str], references: list[str], order: int = 6, beta: float = 2.0) -> float:
-    """A chrF-style score, 0-100 (Popovic 2015): character 1..6-grams without spaces, counts summed
-    over the corpus, F-beta of the precision and recall averaged over n-gram orders."""
-    matches, hyp_total, ref_total = [0] * order, [0] * order, [0] * order
-    for hyp, ref in zip(hypotheses, references):
-        hyp, ref = hyp.replace(" ", ""), ref.replace(" ", "")
-        for n in range(1, order + 1):
-            h = Counter(hyp[i : i + n] for i in range(len(hyp) - n + 1))
-            r = Counter(ref[i : i + n] for i in range(len(ref) - n + 1))
-            matches[n - 1] += sum((h & r).values())
-            hyp_total[n - 1] += sum(h.values())
-            ref_total[n - 1] += sum(r.values())
-    # Orders no text is long enough for are left out of the averages (sacrebleu's effective order).
-    precision = _mean([m / h for m, h in zip(matches, hyp_total) if h])
-    recall = _mean([m / r for m, r in zip(matches, ref_total) if r])
-    if precision + recall == 0:
-        return 0.0
-    return 100 * (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
