@@ -411,3 +411,20 @@ def test_references_are_checked_before_translating(tmp_path):
     with pytest.raises(ConfigError, match=r"name a column per field \(field=column,...\) for premise, hypothesis"):
         tr.run(qa, engine=WordEngine())
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_cli_references_summary_line_and_json(tiny_mt, reference, tmp_path):
+    import sacrebleu
+
+    rows = [dict(r, ref=reference(r["text"]) if i else "something else entirely") for i, r in enumerate(sentiment_rows()[:3])]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    args = ["translate", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "-l", "sw", "-t",
+            "sentiment", "--mt-model", str(tiny_mt), "--num-beams", "1", "--max-new-tokens", "12", "--references", "ref"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    hyps = [r["text"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    refs = [r["ref"] for r in rows]
+    chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
+    assert f"text: chrF {chrf:.1f}" in result.stdout and "nrefs:1|case:mixed|eff:yes|nc:6|nw:2" in result.stdout
+    as_json = CliRunner().invoke(app, args + ["--json"])
+    assert json.loads(as_json.stdout)["quality"]["text"]["chrf"] == pytest.approx(chrf)
