@@ -66,19 +66,21 @@ def reference_phi(fusion, S, T, present, xattn):
         return S * T
     if fusion == "none":
         return T
-    # cross_attention by explicit loops: query t attends present pivot slots j <= t
+    # cross_attention by explicit loops: a present query t attends present pivot slots j <= t;
+    # an absent query (answer, padding) keeps T
     out = T.clone()
     B, L, r = T.shape
+    wq, wk, wv, wo = xattn.weight
     for b in range(B):
         for t in range(L):
-            keys = [j for j in range(t + 1) if present[b, j]]
-            if not keys:
+            if not present[b, t]:
                 continue
-            q = xattn.q.weight @ T[b, t]
-            scores = torch.stack([q @ (xattn.k.weight @ S[b, j]) / math.sqrt(r) for j in keys])
+            keys = [j for j in range(t + 1) if present[b, j]]
+            q = wq @ T[b, t]
+            scores = torch.stack([q @ (wk @ S[b, j]) / math.sqrt(r) for j in keys])
             w = torch.softmax(scores, 0)
-            mix = sum(w[i] * (xattn.v.weight @ S[b, j]) for i, j in enumerate(keys))
-            out[b, t] = T[b, t] + xattn.o.weight @ mix
+            mix = sum(w[i] * (wv @ S[b, j]) for i, j in enumerate(keys))
+            out[b, t] = T[b, t] + wo @ mix
     return out
 
 

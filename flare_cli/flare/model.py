@@ -239,6 +239,17 @@ def load_flare_model(
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
 
+def _cache_offset_setter(session: PivotSession):
+    """Forward pre-hook for the LM in generate: tell the session how many tokens the KV cache holds
+    before this call (0 for the prefill and for every uncached call), as transformers counts them."""
+
+    def hook(module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.x renamed it
+        session.offset = cache.get_seq_length() if cache is not None else 0
+
+    return hook
+
+
 class FlareModel(nn.Module):
     """A peft model whose fused LoRA modules read the English pivot.
 
@@ -342,7 +353,7 @@ class FlareModel(nn.Module):
         pivot_attention_mask: torch.Tensor,
         target_prompt_mask: torch.Tensor,
         *,
-        prefill_only: bool = False,
+        for_generation: bool = False,
     ) -> PivotSession:
         """Encode the pivot and align it to the target prompt positions."""
         if pivot_input_ids.shape[0] != target_prompt_mask.shape[0]:
@@ -352,7 +363,7 @@ class FlareModel(nn.Module):
         raw = self.encode_pivot(pivot_input_ids, pivot_attention_mask)
         index, present = align_index(pivot_attention_mask, target_prompt_mask, self.flare_config.align)
         states = {layer: gather_aligned(h, index, present) for layer, h in raw.items()}
-        return PivotSession(states=states, present=present, prefill_only=prefill_only)
+        return PivotSession(states=states, present=present, for_generation=for_generation)
 
     # -- FLARE-MT ----------------------------------------------------------------------------
     def mt_projection(self, layer: int) -> nn.Linear:
@@ -371,7 +382,7 @@ class FlareModel(nn.Module):
         mt_attention_mask: torch.Tensor,
         target_prompt_mask: torch.Tensor,
         *,
-        prefill_only: bool = False,
+        for_generation: bool = False,
     ) -> PivotSession:
         """Run the frozen MT encoder (no_grad), align its states to the target prompt positions and
         project them (with grad: the projection trains) to the pivot state of every fused layer."""
@@ -389,7 +400,7 @@ class FlareModel(nn.Module):
             states = {layer: h for layer in self._fused_layers}
         else:  # no bias: zero (absent) positions stay zero
             states = {layer: self.mt_projection(layer)(aligned) for layer in self._fused_layers}
-        return PivotSession(states=states, present=present, prefill_only=prefill_only)
+        return PivotSession(states=states, present=present, for_generation=for_generation)
 
     # -- running ---------------------------------------------------------------------------
     def forward(
@@ -422,7 +433,7 @@ class FlareModel(nn.Module):
         return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
     def _session_for(self, input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot,
-                     prefill_only=False, mt_input_ids=None, mt_attention_mask=None):
+                     for_generation=False, mt_input_ids=None, mt_attention_mask=None):
         if not self._fused:
             return None
         if no_pivot:
@@ -435,13 +446,13 @@ class FlareModel(nn.Module):
             if mt_attention_mask is None:
                 mt_attention_mask = torch.ones_like(mt_input_ids)
             target_mask = attention_mask.bool() if prompt_mask is None else prompt_mask.bool() & attention_mask.bool()
-            return self.mt_session(mt_input_ids, mt_attention_mask, target_mask, prefill_only=prefill_only)
+            return self.mt_session(mt_input_ids, mt_attention_mask, target_mask, for_generation=for_generation)
         if pivot_input_ids is None:
             raise PivotError("this FLARE adapter needs pivot_input_ids (the English pivot prompt), or no_pivot=True")
         if pivot_attention_mask is None:
             pivot_attention_mask = torch.ones_like(pivot_input_ids)
         target_mask = attention_mask.bool() if prompt_mask is None else prompt_mask.bool() & attention_mask.bool()
-        return self.pivot_session(pivot_input_ids, pivot_attention_mask, target_mask, prefill_only=prefill_only)
+        return self.pivot_session(pivot_input_ids, pivot_attention_mask, target_mask, for_generation=for_generation)
 
     @torch.no_grad()
     def generate(
@@ -456,24 +467,23 @@ class FlareModel(nn.Module):
         no_pivot: bool = False,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """HF generate with the prompt fused during prefill; generated tokens are absent.
+        """HF generate with the prompt fused; generated tokens are absent.
 
         One extra no-grad prefill over the pivot, never a generation on it (FLARE-MT: one pass of
-        the MT encoder over the target prompt, no English at all).
+        the MT encoder over the target prompt, no English at all). Works with and without the KV
+        cache (an uncached step recomputes the prompt, fused again) and with beam search or several
+        return sequences (each row's pivot follows its copies).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.release()
         session = self._session_for(
-            input_ids, attention_mask, None, pivot_input_ids, pivot_attention_mask, no_pivot, prefill_only=True,
+            input_ids, attention_mask, None, pivot_input_ids, pivot_attention_mask, no_pivot, for_generation=True,
             mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask,
         )
         handle = None
         if session is not None and session.states is not None:
-            def mark_spent(module, args, output):
-                session.spent = True
-
-            handle = self.base_model.register_forward_hook(mark_spent)
+            handle = self.base_model.register_forward_pre_hook(_cache_offset_setter(session), with_kwargs=True)
         self._attach(session)
         try:
             return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
