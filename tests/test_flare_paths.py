@@ -167,3 +167,89 @@ def test_sampling_with_several_return_sequences_keeps_each_rows_pivot():
     greedy = fm.generate(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask, output_logits=True,
                          return_dict_in_generate=True, **{**GREEDY, "max_new_tokens": 1, "min_new_tokens": 1})
     torch.testing.assert_close(first, greedy.logits[0].repeat_interleave(2, 0), atol=1e-6, rtol=0)
+
+
+# -- 4. adapter names -------------------------------------------------------------------------------
+def flare_tensors(fm):
+    name = fm.adapter_name
+    return {n.replace(f".{name}.", "."): p.detach().clone() for n, p in fm.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("saved_as,loaded_as", [("other", "default"), ("default", "other"), ("first", "second")])
+@pytest.mark.parametrize("fusion", ["cross_attention", "add_relu"])
+def test_any_adapter_name_round_trips_every_tensor_exactly(tmp_path, fusion, saved_as, loaded_as):
+    from safetensors import safe_open
+
+    from flare_cli.flare import load_flare_model
+
+    fm = get_flare_model(loud_model(), FlareConfig(fusion=fusion, r=4), adapter_name=saved_as)
+    randomize_adapter(fm)
+    prompts, pivots = prompts_and_pivots()
+    ids, mask = left_pad(prompts)
+    piv, pmask = left_pad(pivots)
+    with torch.no_grad():
+        want = fm(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask).logits
+    fm.save_pretrained(tmp_path / "adapter")
+    names = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert names == ["README.md", "adapter_config.json", "adapter_model.safetensors", "flare_config.json"]
+    with safe_open(str(tmp_path / "adapter" / "adapter_model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert not [k for k in keys if f".{saved_as}." in k]  # saved without the adapter name, as peft does for LoRA
+    loaded = load_flare_model(loud_model(), tmp_path / "adapter", adapter_name=loaded_as)
+    assert loaded.adapter_name == loaded_as
+    got_tensors = {k.replace(f".{loaded_as}.", "."): v for k, v in flare_tensors(loaded).items()}
+    saved_tensors = {k.replace(f".{saved_as}.", "."): v for k, v in flare_tensors(fm).items()}
+    assert got_tensors.keys() == saved_tensors.keys()
+    assert all(torch.equal(got_tensors[k], saved_tensors[k]) for k in saved_tensors)
+    with torch.no_grad():
+        got = loaded(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask).logits
+    assert torch.equal(got, want)
+
+
+def test_missing_or_unexpected_flare_tensor_is_an_error(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from flare_cli.errors import ModelError
+    from flare_cli.flare import load_flare_model
+
+    fm = get_flare_model(loud_model(), FlareConfig(fusion="cross_attention", r=4))
+    randomize_adapter(fm)
+    folder = tmp_path / "adapter"
+    fm.save_pretrained(folder)
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    xattn = sorted(k for k in state if "lora_flare_xattn" in k)
+    assert len(xattn) == 4  # q_proj and v_proj of two layers
+    dropped = {k: v for k, v in state.items() if k != xattn[0]}
+    save_file(dropped, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(ModelError, match=r"FLARE tensors do not match .*1 missing \(e.g. .*lora_flare_xattn.weight\)"):
+        load_flare_model(loud_model(), folder)
+    save_file(state, str(folder / "adapter_model.safetensors"))
+    config = json.loads((folder / "flare_config.json").read_text())
+    config["fusion"] = "add_relu"  # the folder's cross-attention tensors now have no place in the model
+    (folder / "flare_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=r"4 unexpected"):
+        load_flare_model(loud_model(), folder)
+
+
+def test_folders_with_the_old_per_map_cross_attention_keys_still_load(tmp_path):
+    """flare_cli 0.1 saved cross_attention as lora_flare_xattn.<adapter>.{q,k,v,o}.weight."""
+    from safetensors.torch import load_file, save_file
+
+    from flare_cli.flare import load_flare_model
+
+    fm = get_flare_model(loud_model(), FlareConfig(fusion="cross_attention", r=4))
+    randomize_adapter(fm)
+    folder = tmp_path / "adapter"
+    fm.save_pretrained(folder)
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    for key in [k for k in state if "lora_flare_xattn" in k]:
+        stacked = state.pop(key)
+        for part, tensor in zip("qkvo", stacked):
+            state[key.replace("lora_flare_xattn.weight", f"lora_flare_xattn.default.{part}.weight")] = tensor.clone()
+    save_file(state, str(folder / "adapter_model.safetensors"))
+    loaded = load_flare_model(loud_model(), folder, adapter_name="other")
+    saved = flare_tensors(fm)
+    got = flare_tensors(loaded)
+    assert all(torch.equal(got[k], saved[k]) for k in saved)

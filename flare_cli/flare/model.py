@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -236,7 +237,60 @@ def load_flare_model(
         )
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
+    _restore_flare_tensors(peft_model, adapter_dir, adapter_name)
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
+
+
+FLARE_TENSOR_MARKER = ".lora_flare_"
+_OLD_XATTN_KEY = re.compile(r"^(.*\.lora_flare_xattn)\.[^.]+\.([qkvo])\.weight$")
+
+
+def _flare_checkpoint_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """The ``lora_flare_*`` tensors of a saved adapter, keyed as peft saves them (no adapter name).
+
+    Folders from flare_cli <= 0.1 stored cross_attention as four tensors under the adapter name
+    (``lora_flare_xattn.<name>.q.weight``, ...); they are stacked into today's single tensor."""
+    from safetensors import safe_open
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if FLARE_TENSOR_MARKER in k}
+    old: dict[str, dict[str, torch.Tensor]] = {}
+    for key in [k for k in tensors if _OLD_XATTN_KEY.match(k)]:
+        prefix, part = _OLD_XATTN_KEY.match(key).groups()
+        old.setdefault(prefix, {})[part] = tensors.pop(key)
+    for prefix, parts in old.items():
+        if sorted(parts) != ["k", "o", "q", "v"]:
+            raise ModelError(f"{adapter_dir}: incomplete cross-attention tensors under {prefix}")
+        tensors[f"{prefix}.weight"] = torch.stack([parts[p] for p in "qkvo"])
+    return tensors
+
+
+def _restore_flare_tensors(peft_model: nn.Module, adapter_dir: Path, adapter_name: str) -> None:
+    """Put every ``lora_flare_*`` tensor of the folder into the model, whatever the adapter name.
+
+    peft only warns about missing keys and would leave a FLARE tensor at its fresh initialisation;
+    here a FLARE tensor the model has but the folder lacks, or the reverse, is an error."""
+    saved = _flare_checkpoint_tensors(adapter_dir)
+    wanted: dict[str, nn.Parameter] = {}
+    for name, param in peft_model.named_parameters():
+        parts = name.split(".")
+        if FLARE_TENSOR_MARKER in name and len(parts) > 2 and parts[-2] == adapter_name:
+            wanted[".".join(parts[:-2] + parts[-1:])] = param  # the checkpoint key: adapter name removed
+    missing, unexpected = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+    if missing or unexpected:
+        what = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
+        what += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        raise ModelError(f"{adapter_dir}: FLARE tensors do not match this model and flare_config.json: {'; '.join(what)}")
+    with torch.no_grad():
+        for key, param in wanted.items():
+            if saved[key].shape != param.shape:
+                raise ModelError(
+                    f"{adapter_dir}: FLARE tensor {key} has shape {tuple(saved[key].shape)}, the model expects {tuple(param.shape)}"
+                )
+            param.copy_(saved[key].to(param.device, param.dtype))
 
 
 def _cache_offset_setter(session: PivotSession):
@@ -493,11 +547,27 @@ class FlareModel(nn.Module):
             self.release()
 
     # -- saving ----------------------------------------------------------------------------
+    @property
+    def adapter_name(self) -> str:
+        active = self.peft_model.active_adapter
+        return active if isinstance(active, str) else active[0]
+
     def save_pretrained(self, output_dir: Union[str, Path], **kwargs: Any) -> None:
-        """peft adapter files plus flare_config.json (written last, atomically)."""
+        """peft adapter files plus flare_config.json (written last, atomically), all in ``output_dir``
+        whatever the adapter's name (peft alone puts a non-default adapter in a subfolder named after
+        it, where ``load_flare_model(output_dir)`` would not look)."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.peft_model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
+        name = self.adapter_name
+        if name == "default":
+            self.peft_model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
+        else:
+            with tempfile.TemporaryDirectory(dir=output_dir, prefix=".save-") as tmp:
+                self.peft_model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[name], **kwargs)
+                for folder in (Path(tmp) / name, Path(tmp)):
+                    for item in folder.iterdir():
+                        if item.is_file():
+                            os.replace(item, output_dir / item.name)
         write_json_atomic(output_dir / FLARE_CONFIG_NAME, self.flare_config.to_dict())
 
     def merge_and_unload(self):
