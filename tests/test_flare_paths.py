@@ -253,3 +253,127 @@ def test_folders_with_the_old_per_map_cross_attention_keys_still_load(tmp_path):
     saved = flare_tensors(fm)
     got = flare_tensors(loaded)
     assert all(torch.equal(got[k], saved[k]) for k in saved)
+
+
+# -- 5. fused modules per architecture ------------------------------------------------------------------
+def arch_model(arch, loud=True, seed=0):
+    """Tiny configs of every decoder family FLARE supports, Phi-3 and Gemma 3 included."""
+    import transformers as tf
+
+    if arch in ("llama", "mistral", "qwen2", "gemma2"):
+        return loud_model(arch) if loud else tiny_causal_lm(arch)
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                  tie_word_embeddings=False)
+    if arch == "phi3":
+        config = tf.Phi3Config(**common)
+    else:  # gemma3 (text)
+        config = tf.Gemma3TextConfig(**common, head_dim=8, query_pre_attn_scalar=8, sliding_window=4)
+    torch.manual_seed(seed)
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    if loud:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(50)
+    return model
+
+
+ALL_ARCHS = ("llama", "mistral", "qwen2", "gemma2", "gemma3", "phi3")
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_default_q_v_fusion_resolves_per_architecture(arch):
+    from flare_cli.flare.layer import FlareLinear
+
+    fm = get_flare_model(arch_model(arch), FlareConfig(target_modules="all-linear", r=4))
+    fused = sorted({m.flare_name.rsplit(".", 1)[-1] for m in fm.modules() if isinstance(m, FlareLinear) and m.is_fused})
+    assert fused == (["qkv_proj"] if arch == "phi3" else ["q_proj", "v_proj"])
+    assert len(fm.fused_layers) == 2
+
+
+def test_phi3_fuses_only_the_q_and_v_rows_of_qkv_proj():
+    """y = W u + s [B_q phi(A h, A u); B_k A u; B_v phi(A h, A u)] against a hand-written reference."""
+    from flare_cli.flare.pivot import positions_from_mask
+
+    for targets, k_mode in (("all-linear", "plain"), ("q_proj,v_proj", "off")):
+        fm = get_flare_model(arch_model("phi3"), FlareConfig(fusion="add_relu", r=4, target_modules=targets))
+        randomize_adapter(fm)
+        module = fm.base_model.model.layers[1].self_attn.qkv_proj
+        prompts, pivots = prompts_and_pivots()
+        ids, mask = left_pad(prompts)
+        piv, pmask = left_pad(pivots)
+        seen = {}
+        hook = module.register_forward_hook(lambda m, a, o: seen.update(u=a[0].detach(), y=o.detach()))
+        with torch.no_grad():
+            fm(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask)
+        hook.remove()
+        with fm.peft_model.disable_adapter(), torch.no_grad():
+            hs = fm.base_model(input_ids=piv, attention_mask=pmask, position_ids=positions_from_mask(pmask),
+                               output_hidden_states=True).hidden_states[1]
+        u = seen["u"]
+        h = torch.zeros_like(u)
+        for b in range(len(prompts)):  # end alignment, by hand
+            tp = [t for t in range(ids.shape[1]) if mask[b, t]]
+            pp = [j for j in range(piv.shape[1]) if pmask[b, j]]
+            for k in range(min(len(tp), len(pp))):
+                h[b, tp[-1 - k]] = hs[b, pp[-1 - k]]
+        A, B = module.lora_A["default"].weight, module.lora_B["default"].weight
+        W, s = module.base_layer.weight, module.scaling["default"]
+        with torch.no_grad():
+            phi, T = torch.relu(h @ A.T) + torch.relu(u @ A.T), u @ A.T
+            q, kv = 4 * 8, 2 * 8
+            k_update = s * T @ B[q : q + kv].T if k_mode == "plain" else torch.zeros(*u.shape[:2], kv)
+            expected = u @ W.T + torch.cat([s * phi @ B[:q].T, k_update, s * phi @ B[q + kv :].T], -1)
+        torch.testing.assert_close(seen["y"], expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["phi3", "gemma3"])
+def test_cached_generation_equals_full_forward_on_more_architectures(arch):
+    fm = get_flare_model(arch_model(arch), FlareConfig(fusion="cross_attention", r=4, lora_alpha=8,
+                                                       target_modules="all-linear"))
+    randomize_adapter(fm)
+    prompts, pivots = prompts_and_pivots()
+    ids, mask = left_pad(prompts)
+    piv, pmask = left_pad(pivots)
+    out = fm.generate(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask, output_logits=True,
+                      return_dict_in_generate=True, **GREEDY)
+    full = out.sequences
+    n_new = full.shape[1] - ids.shape[1]
+    full_mask = torch.cat([mask, torch.ones(len(prompts), n_new, dtype=torch.long)], 1)
+    prompt_mask = torch.cat([mask, torch.zeros(len(prompts), n_new, dtype=torch.long)], 1)
+    with torch.no_grad():
+        want = fm(full, full_mask, prompt_mask=prompt_mask, pivot_input_ids=piv,
+                  pivot_attention_mask=pmask).logits[:, ids.shape[1] - 1 : -1]
+        unfused = fm(full, full_mask, no_pivot=True).logits[:, ids.shape[1] - 1 : -1]
+    got = torch.stack(out.logits, 1)
+    assert (got - want).abs().max().item() < 1e-5 * max(1.0, want.abs().max().item())
+    assert (unfused - want).abs().max().item() > 1e-3
+
+
+def test_phi3_save_load_and_plain_peft(tmp_path):
+    from peft import PeftModel
+
+    from flare_cli.flare import load_flare_model
+
+    fm = get_flare_model(arch_model("phi3"), FlareConfig(fusion="add_relu", r=4))  # q_proj,v_proj targets
+    randomize_adapter(fm)
+    prompts, pivots = prompts_and_pivots()
+    ids, mask = left_pad(prompts)
+    piv, pmask = left_pad(pivots)
+    with torch.no_grad():
+        want = fm(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask).logits
+    fm.save_pretrained(tmp_path / "a")
+    loaded = load_flare_model(arch_model("phi3"), tmp_path / "a")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, mask, pivot_input_ids=piv, pivot_attention_mask=pmask).logits, want)
+    PeftModel.from_pretrained(arch_model("phi3"), str(tmp_path / "a"))  # plain peft opens it (qkv_proj target)
+
+
+def test_modules_an_architecture_lacks_are_one_clear_line():
+    from flare_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^fused modules \['c_attn'\] not found in LlamaForCausalLM; its linear "
+                       r"modules are: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj$"):
+        get_flare_model(arch_model("llama"), FlareConfig(target_modules="all-linear", fused_modules=["c_attn"]))
+    with pytest.raises(ConfigError, match=r"^target modules \['q_proj', 'v_proj'\] not found in Phi3ForCausalLM; its "
+                       r"linear modules are: down_proj, gate_up_proj, o_proj, qkv_proj \(or all-linear\)$"):
+        get_flare_model(arch_model("phi3"), FlareConfig(method="lora"))

@@ -91,10 +91,17 @@ class FlareConfig:
         """Whether this adapter reads a pivot (FLARE, FLARE-MT) rather than being plain LoRA."""
         return self.method in ("flare", "flare-mt")
 
+    @property
+    def fused_module_names(self) -> list[str]:
+        """The module names that fuse in the model at hand: ``fused_modules``, or for a fused
+        q/k/v projection (Phi-3) that projection (``resolve_modules`` fills it in)."""
+        packed = getattr(self, "_packed", None)
+        return [packed.name] if packed is not None else list(self.fused_modules)
+
     def fuses(self, module_name: str) -> bool:
         if not self.is_fused:
             return False
-        if module_name.rsplit(".", 1)[-1] not in self.fused_modules:
+        if module_name.rsplit(".", 1)[-1] not in self.fused_module_names:
             return False
         layer = layer_index_of(module_name)
         return layer is not None and (self.fused_layers is None or layer in self.fused_layers)
@@ -107,7 +114,7 @@ class FlareConfig:
         """
         if self.method != "flare-mt" or not self.fuses(module_name):
             return False
-        if module_name.rsplit(".", 1)[-1] != self.fused_modules[0]:
+        if module_name.rsplit(".", 1)[-1] != self.fused_module_names[0]:
             return False
         if self.mt_hidden_size is None:
             raise ConfigError("flare-mt needs mt_hidden_size (the MT encoder's d_model); pass mt_encoder=")
@@ -119,6 +126,9 @@ class FlareConfig:
         from peft import LoraConfig
 
         targets = self.target_modules if self.target_modules == "all-linear" else list(self.target_modules)
+        packed = getattr(self, "_packed", None)
+        if packed is not None and targets != "all-linear":  # q_proj/v_proj are rows of one packed module
+            targets = [t for t in targets if t not in PACKED_PARTS] + [packed.name]
         return LoraConfig(
             r=self.r,
             lora_alpha=self.lora_alpha,
@@ -162,6 +172,74 @@ def write_json_atomic(path: Union[str, Path], data: Any) -> None:
     os.replace(tmp, path)
 
 
+PACKED_PARTS = {"q_proj": "q", "k_proj": "k", "v_proj": "v"}
+
+
+@dataclass(frozen=True)
+class PackedProjection:
+    """A fused q/k/v projection (Phi-3's ``qkv_proj``) standing in for q_proj, k_proj and v_proj:
+    its output rows are [q | k | v] with ``sizes`` rows each; FLARE fuses the ``fused`` parts, gives
+    the ``plain`` parts ordinary LoRA and leaves the rest without an update."""
+
+    name: str
+    sizes: tuple[int, int, int]
+    fused: tuple[str, ...]
+    plain: tuple[str, ...]
+
+    def segments(self) -> list[tuple[int, int, str]]:
+        """(first row, end row, "fused" | "plain" | "off") for q, k and v."""
+        out, start = [], 0
+        for part, size in zip("qkv", self.sizes):
+            mode = "fused" if part in self.fused else "plain" if part in self.plain else "off"
+            out.append((start, start + size, mode))
+            start += size
+        return out
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return sorted(names - {"lm_head"})
+
+
+def resolve_modules(model: nn.Module, config: FlareConfig) -> None:
+    """Map the method's module names onto this architecture, or refuse in one line.
+
+    Llama, Mistral, Qwen2, Gemma 2/3 have q_proj and v_proj. Phi-3 packs them into one
+    ``qkv_proj``: "fuse q_proj and v_proj" then means its q and v output rows (k rows stay plain LoRA
+    when k is a target, else untouched), recorded on the config (not saved: it follows the model).
+    """
+    available = _linear_names(model)
+    arch = type(model).__name__
+    targets = None if config.target_modules == "all-linear" else list(config.target_modules)
+    wanted = list(config.fused_modules) if config.is_fused else []
+    missing_fused = [m for m in wanted if m not in available]
+    packed_name = "qkv_proj"
+    if missing_fused and packed_name in available and all(m in PACKED_PARTS for m in missing_fused + wanted):
+        mc = getattr(model, "config", None)
+        heads = getattr(mc, "num_attention_heads", None)
+        kv_heads = getattr(mc, "num_key_value_heads", None) or heads
+        head_dim = getattr(mc, "head_dim", None) or (mc.hidden_size // heads if heads else None)
+        if not heads or not head_dim:
+            raise ConfigError(f"{arch}: cannot split {packed_name} into q, k and v (no head counts in its config)")
+        sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        out_features = {m.out_features for n, m in model.named_modules() if n.endswith("." + packed_name)}
+        if out_features != {sum(sizes)}:
+            raise ConfigError(f"{arch}: {packed_name} has {sorted(out_features)} output rows, not q+k+v = {sum(sizes)}")
+        fused = tuple(PACKED_PARTS[m] for m in wanted)
+        lora = "qkv" if targets is None else "".join(PACKED_PARTS[t] for t in targets if t in PACKED_PARTS)
+        config._packed = PackedProjection(packed_name, sizes, fused, tuple(p for p in "qkv" if p in lora and p not in fused))
+    else:
+        config._packed = None
+        if missing_fused:
+            raise ConfigError(
+                f"fused modules {missing_fused} not found in {arch}; its linear modules are: {', '.join(available)}"
+            )
+    resolved = [t for t in targets or [] if not (config._packed is not None and t in PACKED_PARTS)]
+    missing = [t for t in resolved if t not in available]
+    if missing:
+        raise ConfigError(f"target modules {missing} not found in {arch}; its linear modules are: {', '.join(available)} (or all-linear)")
+
+
 def _lora_config_for(config: FlareConfig, lora_config=None):
     lora_config = lora_config or config.to_lora_config()
     if config.is_fused:
@@ -195,6 +273,7 @@ def get_flare_model(
 
     if config.method == "flare-mt":
         _check_mt_encoder(config, mt_encoder)
+    resolve_modules(model, config)
     peft_model = get_peft_model(model, _lora_config_for(config), adapter_name=adapter_name)
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
@@ -230,6 +309,7 @@ def load_flare_model(
             dtype = model.get_input_embeddings().weight.dtype
             mt_encoder = load_mt_encoder(config.mt_model, config.mt_revision, dtype=dtype)
         _check_mt_encoder(config, mt_encoder)
+    resolve_modules(model, config)
     lora_config = _lora_config_for(config, LoraConfig.from_pretrained(str(adapter_dir)))
     try:
         peft_model = PeftModel.from_pretrained(
