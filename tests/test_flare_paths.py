@@ -234,7 +234,7 @@ def test_missing_or_unexpected_flare_tensor_is_an_error(tmp_path):
 
 
 def test_folders_with_the_old_per_map_cross_attention_keys_still_load(tmp_path):
-    """flare_cli 0.1 saved cross_attention as lora_flare_xattn.<adapter>.{q,k,v,o}.weight."""
+    """flare_cli 0.1.0 saved cross_attention as lora_flare_xattn.<adapter>.{q,k,v,o}.weight."""
     from safetensors.torch import load_file, save_file
 
     from flare_cli.flare import load_flare_model
@@ -377,3 +377,11 @@ def test_modules_an_architecture_lacks_are_one_clear_line():
     with pytest.raises(ConfigError, match=r"^target modules \['q_proj', 'v_proj'\] not found in Phi3ForCausalLM; its "
                        r"linear modules are: down_proj, gate_up_proj, o_proj, qkv_proj \(or all-linear\)$"):
         get_flare_model(arch_model("phi3"), FlareConfig(method="lora"))
+
+
+def test_train_defaults_to_all_linear_targets_with_q_v_fusion():
+    from flare_cli.train import TrainConfig
+
+    cfg = TrainConfig(base="b", output_dir="o")
+    assert cfg.target_modules == "all-linear"
+    assert cfg.fused_modules in ("q_proj,v_proj", ["q_proj", "v_proj"])

@@ -328,7 +328,7 @@ _OLD_XATTN_KEY = re.compile(r"^(.*\.lora_flare_xattn)\.[^.]+\.([qkvo])\.weight$"
 def _flare_checkpoint_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
     """The ``lora_flare_*`` tensors of a saved adapter, keyed as peft saves them (no adapter name).
 
-    Folders from flare_cli <= 0.1 stored cross_attention as four tensors under the adapter name
+    Folders from flare_cli 0.1.0 stored cross_attention as four tensors under the adapter name
     (``lora_flare_xattn.<name>.q.weight``, ...); they are stacked into today's single tensor."""
     from safetensors import safe_open
 
