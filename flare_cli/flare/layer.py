@@ -98,13 +98,12 @@ class FlareVariant(lora_layer.LoraVariant):
                 )
             h, present = session.lookup(module.flare_layer, x)
         rows = module.flare_rows.get(active_adapter)
+        if h is None and fusion == "mul" and rows is None:
+            return result  # every position absent and phi(0, T) = 0: no update, not even A u
+        T = lora_A(dropout(x))  # (B, L, r)
         if h is None:  # no pivot here (no_pivot, or a generated token): every position absent, S = 0
-            if fusion == "mul" and rows is None:
-                return result  # phi(0, T) = 0: no update, not even A u
-            T = lora_A(dropout(x))
             phi = phi_absent(fusion, T)
         else:
-            T = lora_A(dropout(x))  # (B, L, r)
             S = lora_A(dropout(h.to(x.dtype)))  # (B, L, r); zero at absent positions since A has no bias
             params = module.lora_flare_xattn[active_adapter] if active_adapter in module.lora_flare_xattn else None
             phi = get_fusion(fusion)(S, T, present, params)
