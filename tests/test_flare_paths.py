@@ -385,3 +385,14 @@ def test_train_defaults_to_all_linear_targets_with_q_v_fusion():
     cfg = TrainConfig(base="b", output_dir="o")
     assert cfg.target_modules == "all-linear"
     assert cfg.fused_modules in ("q_proj,v_proj", ["q_proj", "v_proj"])
+
+
+def test_peft_missing_key_warning_is_hidden_only_when_it_lists_flare_tensors_alone():
+    import re
+
+    from flare_cli.flare.model import _ONLY_FLARE_KEYS_MISSING
+
+    only_flare = "Found missing adapter keys while loading the checkpoint: ['a.q_proj.lora_flare_xattn.other.weight', 'b.lora_flare_xattn.other.weight']."
+    mixed = "Found missing adapter keys while loading the checkpoint: ['a.lora_flare_xattn.other.weight', 'a.q_proj.lora_A.other.weight']."
+    assert re.match(_ONLY_FLARE_KEYS_MISSING, only_flare)
+    assert not re.match(_ONLY_FLARE_KEYS_MISSING, mixed)  # a missing LoRA tensor still warns

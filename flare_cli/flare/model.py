@@ -19,6 +19,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -312,9 +313,13 @@ def load_flare_model(
     resolve_modules(model, config)
     lora_config = _lora_config_for(config, LoraConfig.from_pretrained(str(adapter_dir)))
     try:
-        peft_model = PeftModel.from_pretrained(
-            model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
-        )
+        with warnings.catch_warnings():
+            # FLARE tensors are checked and restored below (an error if any is missing): silence
+            # peft's warning when it lists only those
+            warnings.filterwarnings("ignore", message=_ONLY_FLARE_KEYS_MISSING)
+            peft_model = PeftModel.from_pretrained(
+                model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
+            )
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
     _restore_flare_tensors(peft_model, adapter_dir, adapter_name)
@@ -322,6 +327,7 @@ def load_flare_model(
 
 
 FLARE_TENSOR_MARKER = ".lora_flare_"
+_ONLY_FLARE_KEYS_MISSING = r"Found missing adapter keys while loading the checkpoint: \[('[^']*\.lora_flare_[^']*'(, )?)+\]\.?$"
 _OLD_XATTN_KEY = re.compile(r"^(.*\.lora_flare_xattn)\.[^.]+\.([qkvo])\.weight$")
 
 
