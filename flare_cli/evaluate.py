@@ -78,6 +78,25 @@ def _left_padded(tokenizer, texts: Sequence[str], device, max_length: Optional[i
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
+def _newline_stop(tokenizer, prompt_length: int):
+    """A StoppingCriteria that ends a row once its new tokens decode to text with a newline.
+
+    transformers' ``stop_strings=["\n"]`` stops at the same step (the first token whose text holds
+    a newline) but precomputes a table from the tokenizer's vocabulary that fails on tokenizers
+    which cannot encode its probe text (small or character-level vocabularies). Decoding the new
+    tokens works for every tokenizer; answers are at most a few dozen tokens.
+    """
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopAtNewline(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
+            return torch.tensor(["\n" in text for text in texts], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopAtNewline()])
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -132,8 +151,7 @@ def generate_answers(
                     do_sample=False,
                     pad_token_id=pad_id,
                     eos_token_id=tokenizer.eos_token_id,
-                    stop_strings=["\n"],  # answers are one line; stop decoding early
-                    tokenizer=tokenizer,
+                    stopping_criteria=_newline_stop(tokenizer, input_ids.shape[1]),  # answers are one line
                     **kwargs,
                 )
             new_tokens = output[:, input_ids.shape[1] :]

@@ -53,7 +53,7 @@ class TrainConfig:
     labels: Any = None  # --task custom: label words (a label task) or none (free text)
     task_adapter: Optional[str] = None
     fusion: str = "add_relu"
-    target_modules: Any = "q_proj,v_proj"
+    target_modules: Any = "all-linear"  # the paper's choice for decoders; fusion stays on q and v
     fused_modules: Any = "q_proj,v_proj"
     fused_layers: Optional[list[int]] = None
     align: str = "end"

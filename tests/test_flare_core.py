@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from tiny_models import ARCHS, VOCAB, tiny_causal_lm
 
 from flare_cli.errors import ConfigError, MergeError, PivotError
@@ -66,19 +67,21 @@ def reference_phi(fusion, S, T, present, xattn):
         return S * T
     if fusion == "none":
         return T
-    # cross_attention by explicit loops: query t attends present pivot slots j <= t
+    # cross_attention by explicit loops: a present query t attends present pivot slots j <= t;
+    # an absent query (answer, padding) keeps T
     out = T.clone()
     B, L, r = T.shape
+    wq, wk, wv, wo = xattn.weight
     for b in range(B):
         for t in range(L):
-            keys = [j for j in range(t + 1) if present[b, j]]
-            if not keys:
+            if not present[b, t]:
                 continue
-            q = xattn.q.weight @ T[b, t]
-            scores = torch.stack([q @ (xattn.k.weight @ S[b, j]) / math.sqrt(r) for j in keys])
+            keys = [j for j in range(t + 1) if present[b, j]]
+            q = wq @ T[b, t]
+            scores = torch.stack([q @ (wk @ S[b, j]) / math.sqrt(r) for j in keys])
             w = torch.softmax(scores, 0)
-            mix = sum(w[i] * (xattn.v.weight @ S[b, j]) for i, j in enumerate(keys))
-            out[b, t] = T[b, t] + xattn.o.weight @ mix
+            mix = sum(w[i] * (wv @ S[b, j]) for i, j in enumerate(keys))
+            out[b, t] = T[b, t] + wo @ mix
     return out
 
 
@@ -326,6 +329,9 @@ def test_save_load_roundtrip_and_plain_peft_gives_pivotless_model(tmp_path):
     shutil.copytree(tmp_path / "adapter", none_dir)
     saved["fusion"] = "none"
     (none_dir / "flare_config.json").write_text(json.dumps(saved))
+    # fusion none has no cross-attention tensors (a folder with unexpected ones is refused)
+    state = load_file(str(none_dir / "adapter_model.safetensors"))
+    save_file({k: v for k, v in state.items() if "lora_flare_" not in k}, str(none_dir / "adapter_model.safetensors"))
     as_none = load_flare_model(tiny_causal_lm("llama"), none_dir)
     with torch.no_grad():
         plain_logits = plain(input_ids=ids, attention_mask=mask).logits

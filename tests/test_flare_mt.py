@@ -381,3 +381,22 @@ def test_toy_world_flare_mt_train_and_eval(tmp_path):
                                           max_new_tokens=8))
     assert ev.metrics["method"] == "flare-mt" and ev.metrics["lang"] == "qtw" and ev.metrics["n"] == 6
     assert math.isfinite(ev.metrics["value"])
+
+
+def test_uncached_and_beam_generation_keep_the_mt_states(encoder):
+    """Issue 14 for FLARE-MT: use_cache=False and beams fuse the MT states like cached greedy."""
+    fm = mt_fm(encoder)
+    randomize_adapter(fm, std=0.5)
+    L = 7
+    ids = torch.randint(3, VOCAB, (2, L))
+    mask = torch.ones(2, L, dtype=torch.long)
+    ids[1, :3], mask[1, :3] = 0, 0
+    mt_ids, mt_mask = encoder.pad(encoder.encode_texts(["The cat sat on the mat.", "Rain."], "sw", 64), side="left")
+    common = dict(mt_input_ids=mt_ids, mt_attention_mask=mt_mask, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                  pad_token_id=0, eos_token_id=None, output_logits=True, return_dict_in_generate=True)
+    cached = fm.generate(ids, mask, **common)
+    uncached = fm.generate(ids, mask, use_cache=False, **common)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert (torch.stack(cached.logits) - torch.stack(uncached.logits)).abs().max().item() < 1e-5
+    beams = fm.generate(ids, mask, num_beams=2, num_return_sequences=2, **common)
+    assert beams.sequences.shape[0] == 4

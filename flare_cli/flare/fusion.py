@@ -10,7 +10,8 @@ function reduces to phi(0, T) at absent positions:
     add_relu        relu(S) + relu(T)      (default; best in the paper's ablation)
     add             S + T
     mul             S * T                  (absent -> 0: no update at all)
-    cross_attention T + CA(T, S)           (CA: causal, masked bottleneck attention; absent -> T)
+    cross_attention T + CA(T, S)           (CA: causal bottleneck attention from present target
+                                           positions to present pivot positions; absent -> T)
     none            T                      (plain LoRA; the translate-train baseline)
 """
 
@@ -44,31 +45,36 @@ def fuse_none(S, T, present, params=None):
 class BottleneckCrossAttention(nn.Module):
     """Single-head attention inside the r-dim bottleneck: target queries, pivot keys/values.
 
-    Query t may attend pivot position j only if j <= t (causal over the target: with aligned
-    sequences j is also the target position the pivot token sits at) and j is present. Rows
-    with no key to attend (absent positions, or before the first pivot token) get zero.
+    A *present* query t attends the present pivot positions j <= t (causal over the target: with
+    aligned sequences j is also the target position the pivot token sits at; t itself is one of
+    them, so every present query has a key). An *absent* query (answer, padding or generated
+    token) attends nothing and gets zero, so phi = T there: the same at every absent position in
+    training, in a full forward and in cached or uncached decoding.
+
+    The four r x r maps (q, k, v, o) are one stacked parameter ``weight`` (4, r, r): under peft's
+    ``lora_flare_xattn.<adapter>`` the adapter name is then second to last in its state-dict key,
+    so peft saves it without the name and loads it under any adapter name.
     """
 
     def __init__(self, r: int):
         super().__init__()
-        self.q = nn.Linear(r, r, bias=False)
-        self.k = nn.Linear(r, r, bias=False)
-        self.v = nn.Linear(r, r, bias=False)
-        self.o = nn.Linear(r, r, bias=False)
-        for lin in (self.q, self.k, self.v):
-            nn.init.eye_(lin.weight)  # start as plain attention over the bottleneck states
-        nn.init.normal_(self.o.weight, std=1.0 / math.sqrt(r))
+        weight = torch.empty(4, r, r)
+        for i in range(3):
+            nn.init.eye_(weight[i])  # q, k, v start as plain attention over the bottleneck states
+        nn.init.normal_(weight[3], std=1.0 / math.sqrt(r))  # o
+        self.weight = nn.Parameter(weight)
 
     def forward(self, S: torch.Tensor, T: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.q(T), self.k(S), self.v(S)  # (B, L, r) each
+        wq, wk, wv, wo = self.weight.unbind(0)
+        q, k, v = T @ wq.T, S @ wk.T, S @ wv.T  # (B, L, r) each
         L = T.shape[1]
         causal = torch.ones(L, L, dtype=torch.bool, device=T.device).tril()  # (Lq, Lk)
-        allowed = causal[None] & present[:, None, :]  # (B, Lq, Lk)
+        allowed = causal[None] & present[:, None, :] & present[:, :, None]  # (B, Lq, Lk): present to present
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, Lq, Lk)
         scores = scores.masked_fill(~allowed, float("-inf"))
-        has_key = allowed.any(-1, keepdim=True)  # (B, Lq, 1)
+        has_key = allowed.any(-1, keepdim=True)  # (B, Lq, 1): False exactly at absent queries
         weights = torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1) * has_key
-        return self.o(weights @ v)
+        return (weights @ v) @ wo.T
 
 
 def fuse_cross_attention(S, T, present, params=None):
@@ -94,7 +100,7 @@ def phi_absent(name: str, T: torch.Tensor) -> Optional[torch.Tensor]:
         return torch.relu(T)
     if name == "mul":
         return None
-    if name in ("add", "cross_attention", "none"):  # cross_attention: no key to attend, o(0) = 0
+    if name in ("add", "cross_attention", "none"):  # cross_attention: an absent query attends nothing
         return T
     return get_fusion(name)(torch.zeros_like(T), T, torch.zeros(T.shape[:2], dtype=torch.bool, device=T.device), None)
 

@@ -45,6 +45,9 @@ class FlareVariant(lora_layer.LoraVariant):
         module.flare_fusion[adapter_name] = fusion
         factory = FUSION_PARAMS.get(fusion)
         weight = module.lora_A[adapter_name].weight
+        packed = getattr(config._flare_settings, "_packed", None)
+        if packed is not None:
+            module.flare_rows[adapter_name] = packed.segments()  # Phi-3 qkv_proj: fuse only q and v rows
         if factory is not None:
             module.lora_flare_xattn[adapter_name] = factory(module.r[adapter_name]).to(weight.device, weight.dtype)
         settings = config._flare_settings
@@ -94,16 +97,28 @@ class FlareVariant(lora_layer.LoraVariant):
                     "pivot_input_ids (or with no_pivot=True to run it pivot-less on purpose)"
                 )
             h, present = session.lookup(module.flare_layer, x)
-        if h is None:  # no pivot here (no_pivot, or a generated token): every position absent, S = 0
-            if fusion == "mul":
-                return result  # phi(0, T) = 0: no update, not even A u
-            phi = phi_absent(fusion, lora_A(dropout(x)))
-            return result + lora_B(phi) * module.scaling[active_adapter]
+        rows = module.flare_rows.get(active_adapter)
+        if h is None and fusion == "mul" and rows is None:
+            return result  # every position absent and phi(0, T) = 0: no update, not even A u
         T = lora_A(dropout(x))  # (B, L, r)
-        S = lora_A(dropout(h.to(x.dtype)))  # (B, L, r); zero at absent positions since A has no bias
-        params = module.lora_flare_xattn[active_adapter] if active_adapter in module.lora_flare_xattn else None
-        phi = get_fusion(fusion)(S, T, present, params)
-        return result + lora_B(phi) * module.scaling[active_adapter]
+        if h is None:  # no pivot here (no_pivot, or a generated token): every position absent, S = 0
+            phi = phi_absent(fusion, T)
+        else:
+            S = lora_A(dropout(h.to(x.dtype)))  # (B, L, r); zero at absent positions since A has no bias
+            params = module.lora_flare_xattn[active_adapter] if active_adapter in module.lora_flare_xattn else None
+            phi = get_fusion(fusion)(S, T, present, params)
+        if rows is None:
+            return result + lora_B(phi) * module.scaling[active_adapter]
+        # a packed q/k/v projection: B phi on the fused rows, B T on plain-LoRA rows, nothing elsewhere
+        weight = lora_B.weight
+        pieces = []
+        for start, end, mode in rows:
+            source = phi if mode == "fused" else T if mode == "plain" else None
+            if source is None:
+                pieces.append(result.new_zeros(*result.shape[:-1], end - start))
+            else:
+                pieces.append(nn.functional.linear(source, weight[start:end]))
+        return result + torch.cat(pieces, dim=-1) * module.scaling[active_adapter]
 
 
 class FlareLinear(lora_layer.Linear):
@@ -116,6 +131,7 @@ class FlareLinear(lora_layer.Linear):
             self.lora_flare_xattn = nn.ModuleDict()
             self.lora_flare_mtproj = nn.ModuleDict()  # FLARE-MT projection, on its owner modules only
             self.flare_fusion: dict[str, str] = {}
+            self.flare_rows: dict[str, list] = {}  # packed q/k/v projection: (first row, end row, mode)
             self.flare_session = None  # PivotSession, attached by FlareModel per forward
         self.flare_name = kwargs.get("target_name", "")
         self.flare_layer = layer_index_of(self.flare_name)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -90,10 +92,17 @@ class FlareConfig:
         """Whether this adapter reads a pivot (FLARE, FLARE-MT) rather than being plain LoRA."""
         return self.method in ("flare", "flare-mt")
 
+    @property
+    def fused_module_names(self) -> list[str]:
+        """The module names that fuse in the model at hand: ``fused_modules``, or for a fused
+        q/k/v projection (Phi-3) that projection (``resolve_modules`` fills it in)."""
+        packed = getattr(self, "_packed", None)
+        return [packed.name] if packed is not None else list(self.fused_modules)
+
     def fuses(self, module_name: str) -> bool:
         if not self.is_fused:
             return False
-        if module_name.rsplit(".", 1)[-1] not in self.fused_modules:
+        if module_name.rsplit(".", 1)[-1] not in self.fused_module_names:
             return False
         layer = layer_index_of(module_name)
         return layer is not None and (self.fused_layers is None or layer in self.fused_layers)
@@ -106,7 +115,7 @@ class FlareConfig:
         """
         if self.method != "flare-mt" or not self.fuses(module_name):
             return False
-        if module_name.rsplit(".", 1)[-1] != self.fused_modules[0]:
+        if module_name.rsplit(".", 1)[-1] != self.fused_module_names[0]:
             return False
         if self.mt_hidden_size is None:
             raise ConfigError("flare-mt needs mt_hidden_size (the MT encoder's d_model); pass mt_encoder=")
@@ -118,6 +127,9 @@ class FlareConfig:
         from peft import LoraConfig
 
         targets = self.target_modules if self.target_modules == "all-linear" else list(self.target_modules)
+        packed = getattr(self, "_packed", None)
+        if packed is not None and targets != "all-linear":  # q_proj/v_proj are rows of one packed module
+            targets = [t for t in targets if t not in PACKED_PARTS] + [packed.name]
         return LoraConfig(
             r=self.r,
             lora_alpha=self.lora_alpha,
@@ -161,6 +173,74 @@ def write_json_atomic(path: Union[str, Path], data: Any) -> None:
     os.replace(tmp, path)
 
 
+PACKED_PARTS = {"q_proj": "q", "k_proj": "k", "v_proj": "v"}
+
+
+@dataclass(frozen=True)
+class PackedProjection:
+    """A fused q/k/v projection (Phi-3's ``qkv_proj``) standing in for q_proj, k_proj and v_proj:
+    its output rows are [q | k | v] with ``sizes`` rows each; FLARE fuses the ``fused`` parts, gives
+    the ``plain`` parts ordinary LoRA and leaves the rest without an update."""
+
+    name: str
+    sizes: tuple[int, int, int]
+    fused: tuple[str, ...]
+    plain: tuple[str, ...]
+
+    def segments(self) -> list[tuple[int, int, str]]:
+        """(first row, end row, "fused" | "plain" | "off") for q, k and v."""
+        out, start = [], 0
+        for part, size in zip("qkv", self.sizes):
+            mode = "fused" if part in self.fused else "plain" if part in self.plain else "off"
+            out.append((start, start + size, mode))
+            start += size
+        return out
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return sorted(names - {"lm_head"})
+
+
+def resolve_modules(model: nn.Module, config: FlareConfig) -> None:
+    """Map the method's module names onto this architecture, or refuse in one line.
+
+    Llama, Mistral, Qwen2, Gemma 2/3 have q_proj and v_proj. Phi-3 packs them into one
+    ``qkv_proj``: "fuse q_proj and v_proj" then means its q and v output rows (k rows stay plain LoRA
+    when k is a target, else untouched), recorded on the config (not saved: it follows the model).
+    """
+    available = _linear_names(model)
+    arch = type(model).__name__
+    targets = None if config.target_modules == "all-linear" else list(config.target_modules)
+    wanted = list(config.fused_modules) if config.is_fused else []
+    missing_fused = [m for m in wanted if m not in available]
+    packed_name = "qkv_proj"
+    if missing_fused and packed_name in available and all(m in PACKED_PARTS for m in missing_fused + wanted):
+        mc = getattr(model, "config", None)
+        heads = getattr(mc, "num_attention_heads", None)
+        kv_heads = getattr(mc, "num_key_value_heads", None) or heads
+        head_dim = getattr(mc, "head_dim", None) or (mc.hidden_size // heads if heads else None)
+        if not heads or not head_dim:
+            raise ConfigError(f"{arch}: cannot split {packed_name} into q, k and v (no head counts in its config)")
+        sizes = (heads * head_dim, kv_heads * head_dim, kv_heads * head_dim)
+        out_features = {m.out_features for n, m in model.named_modules() if n.endswith("." + packed_name)}
+        if out_features != {sum(sizes)}:
+            raise ConfigError(f"{arch}: {packed_name} has {sorted(out_features)} output rows, not q+k+v = {sum(sizes)}")
+        fused = tuple(PACKED_PARTS[m] for m in wanted)
+        lora = "qkv" if targets is None else "".join(PACKED_PARTS[t] for t in targets if t in PACKED_PARTS)
+        config._packed = PackedProjection(packed_name, sizes, fused, tuple(p for p in "qkv" if p in lora and p not in fused))
+    else:
+        config._packed = None
+        if missing_fused:
+            raise ConfigError(
+                f"fused modules {missing_fused} not found in {arch}; its linear modules are: {', '.join(available)}"
+            )
+    resolved = [t for t in targets or [] if not (config._packed is not None and t in PACKED_PARTS)]
+    missing = [t for t in resolved if t not in available]
+    if missing:
+        raise ConfigError(f"target modules {missing} not found in {arch}; its linear modules are: {', '.join(available)} (or all-linear)")
+
+
 def _lora_config_for(config: FlareConfig, lora_config=None):
     lora_config = lora_config or config.to_lora_config()
     if config.is_fused:
@@ -194,6 +274,7 @@ def get_flare_model(
 
     if config.method == "flare-mt":
         _check_mt_encoder(config, mt_encoder)
+    resolve_modules(model, config)
     peft_model = get_peft_model(model, _lora_config_for(config), adapter_name=adapter_name)
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
@@ -229,14 +310,84 @@ def load_flare_model(
             dtype = model.get_input_embeddings().weight.dtype
             mt_encoder = load_mt_encoder(config.mt_model, config.mt_revision, dtype=dtype)
         _check_mt_encoder(config, mt_encoder)
+    resolve_modules(model, config)
     lora_config = _lora_config_for(config, LoraConfig.from_pretrained(str(adapter_dir)))
     try:
-        peft_model = PeftModel.from_pretrained(
-            model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
-        )
+        with warnings.catch_warnings():
+            # FLARE tensors are checked and restored below (an error if any is missing): silence
+            # peft's warning when it lists only those
+            warnings.filterwarnings("ignore", message=_ONLY_FLARE_KEYS_MISSING)
+            peft_model = PeftModel.from_pretrained(
+                model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
+            )
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
+    _restore_flare_tensors(peft_model, adapter_dir, adapter_name)
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
+
+
+FLARE_TENSOR_MARKER = ".lora_flare_"
+_ONLY_FLARE_KEYS_MISSING = r"Found missing adapter keys while loading the checkpoint: \[('[^']*\.lora_flare_[^']*'(, )?)+\]\.?$"
+_OLD_XATTN_KEY = re.compile(r"^(.*\.lora_flare_xattn)\.[^.]+\.([qkvo])\.weight$")
+
+
+def _flare_checkpoint_tensors(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    """The ``lora_flare_*`` tensors of a saved adapter, keyed as peft saves them (no adapter name).
+
+    Folders from flare_cli 0.1.0 stored cross_attention as four tensors under the adapter name
+    (``lora_flare_xattn.<name>.q.weight``, ...); they are stacked into today's single tensor."""
+    from safetensors import safe_open
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if FLARE_TENSOR_MARKER in k}
+    old: dict[str, dict[str, torch.Tensor]] = {}
+    for key in [k for k in tensors if _OLD_XATTN_KEY.match(k)]:
+        prefix, part = _OLD_XATTN_KEY.match(key).groups()
+        old.setdefault(prefix, {})[part] = tensors.pop(key)
+    for prefix, parts in old.items():
+        if sorted(parts) != ["k", "o", "q", "v"]:
+            raise ModelError(f"{adapter_dir}: incomplete cross-attention tensors under {prefix}")
+        tensors[f"{prefix}.weight"] = torch.stack([parts[p] for p in "qkvo"])
+    return tensors
+
+
+def _restore_flare_tensors(peft_model: nn.Module, adapter_dir: Path, adapter_name: str) -> None:
+    """Put every ``lora_flare_*`` tensor of the folder into the model, whatever the adapter name.
+
+    peft only warns about missing keys and would leave a FLARE tensor at its fresh initialisation;
+    here a FLARE tensor the model has but the folder lacks, or the reverse, is an error."""
+    saved = _flare_checkpoint_tensors(adapter_dir)
+    wanted: dict[str, nn.Parameter] = {}
+    for name, param in peft_model.named_parameters():
+        parts = name.split(".")
+        if FLARE_TENSOR_MARKER in name and len(parts) > 2 and parts[-2] == adapter_name:
+            wanted[".".join(parts[:-2] + parts[-1:])] = param  # the checkpoint key: adapter name removed
+    missing, unexpected = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+    if missing or unexpected:
+        what = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
+        what += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        raise ModelError(f"{adapter_dir}: FLARE tensors do not match this model and flare_config.json: {'; '.join(what)}")
+    with torch.no_grad():
+        for key, param in wanted.items():
+            if saved[key].shape != param.shape:
+                raise ModelError(
+                    f"{adapter_dir}: FLARE tensor {key} has shape {tuple(saved[key].shape)}, the model expects {tuple(param.shape)}"
+                )
+            param.copy_(saved[key].to(param.device, param.dtype))
+
+
+def _cache_offset_setter(session: PivotSession):
+    """Forward pre-hook for the LM in generate: tell the session how many tokens the KV cache holds
+    before this call (0 for the prefill and for every uncached call), as transformers counts them."""
+
+    def hook(module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.x renamed it
+        session.offset = cache.get_seq_length() if cache is not None else 0
+
+    return hook
 
 
 class FlareModel(nn.Module):
@@ -342,7 +493,7 @@ class FlareModel(nn.Module):
         pivot_attention_mask: torch.Tensor,
         target_prompt_mask: torch.Tensor,
         *,
-        prefill_only: bool = False,
+        for_generation: bool = False,
     ) -> PivotSession:
         """Encode the pivot and align it to the target prompt positions."""
         if pivot_input_ids.shape[0] != target_prompt_mask.shape[0]:
@@ -352,7 +503,7 @@ class FlareModel(nn.Module):
         raw = self.encode_pivot(pivot_input_ids, pivot_attention_mask)
         index, present = align_index(pivot_attention_mask, target_prompt_mask, self.flare_config.align)
         states = {layer: gather_aligned(h, index, present) for layer, h in raw.items()}
-        return PivotSession(states=states, present=present, prefill_only=prefill_only)
+        return PivotSession(states=states, present=present, for_generation=for_generation)
 
     # -- FLARE-MT ----------------------------------------------------------------------------
     def mt_projection(self, layer: int) -> nn.Linear:
@@ -371,7 +522,7 @@ class FlareModel(nn.Module):
         mt_attention_mask: torch.Tensor,
         target_prompt_mask: torch.Tensor,
         *,
-        prefill_only: bool = False,
+        for_generation: bool = False,
     ) -> PivotSession:
         """Run the frozen MT encoder (no_grad), align its states to the target prompt positions and
         project them (with grad: the projection trains) to the pivot state of every fused layer."""
@@ -389,7 +540,7 @@ class FlareModel(nn.Module):
             states = {layer: h for layer in self._fused_layers}
         else:  # no bias: zero (absent) positions stay zero
             states = {layer: self.mt_projection(layer)(aligned) for layer in self._fused_layers}
-        return PivotSession(states=states, present=present, prefill_only=prefill_only)
+        return PivotSession(states=states, present=present, for_generation=for_generation)
 
     # -- running ---------------------------------------------------------------------------
     def forward(
@@ -422,7 +573,7 @@ class FlareModel(nn.Module):
         return self.peft_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
     def _session_for(self, input_ids, attention_mask, prompt_mask, pivot_input_ids, pivot_attention_mask, no_pivot,
-                     prefill_only=False, mt_input_ids=None, mt_attention_mask=None):
+                     for_generation=False, mt_input_ids=None, mt_attention_mask=None):
         if not self._fused:
             return None
         if no_pivot:
@@ -435,13 +586,13 @@ class FlareModel(nn.Module):
             if mt_attention_mask is None:
                 mt_attention_mask = torch.ones_like(mt_input_ids)
             target_mask = attention_mask.bool() if prompt_mask is None else prompt_mask.bool() & attention_mask.bool()
-            return self.mt_session(mt_input_ids, mt_attention_mask, target_mask, prefill_only=prefill_only)
+            return self.mt_session(mt_input_ids, mt_attention_mask, target_mask, for_generation=for_generation)
         if pivot_input_ids is None:
             raise PivotError("this FLARE adapter needs pivot_input_ids (the English pivot prompt), or no_pivot=True")
         if pivot_attention_mask is None:
             pivot_attention_mask = torch.ones_like(pivot_input_ids)
         target_mask = attention_mask.bool() if prompt_mask is None else prompt_mask.bool() & attention_mask.bool()
-        return self.pivot_session(pivot_input_ids, pivot_attention_mask, target_mask, prefill_only=prefill_only)
+        return self.pivot_session(pivot_input_ids, pivot_attention_mask, target_mask, for_generation=for_generation)
 
     @torch.no_grad()
     def generate(
@@ -456,24 +607,23 @@ class FlareModel(nn.Module):
         no_pivot: bool = False,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """HF generate with the prompt fused during prefill; generated tokens are absent.
+        """HF generate with the prompt fused; generated tokens are absent.
 
         One extra no-grad prefill over the pivot, never a generation on it (FLARE-MT: one pass of
-        the MT encoder over the target prompt, no English at all).
+        the MT encoder over the target prompt, no English at all). Works with and without the KV
+        cache (an uncached step recomputes the prompt, fused again) and with beam search or several
+        return sequences (each row's pivot follows its copies).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.release()
         session = self._session_for(
-            input_ids, attention_mask, None, pivot_input_ids, pivot_attention_mask, no_pivot, prefill_only=True,
+            input_ids, attention_mask, None, pivot_input_ids, pivot_attention_mask, no_pivot, for_generation=True,
             mt_input_ids=mt_input_ids, mt_attention_mask=mt_attention_mask,
         )
         handle = None
         if session is not None and session.states is not None:
-            def mark_spent(module, args, output):
-                session.spent = True
-
-            handle = self.base_model.register_forward_hook(mark_spent)
+            handle = self.base_model.register_forward_pre_hook(_cache_offset_setter(session), with_kwargs=True)
         self._attach(session)
         try:
             return self.peft_model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
@@ -483,11 +633,27 @@ class FlareModel(nn.Module):
             self.release()
 
     # -- saving ----------------------------------------------------------------------------
+    @property
+    def adapter_name(self) -> str:
+        active = self.peft_model.active_adapter
+        return active if isinstance(active, str) else active[0]
+
     def save_pretrained(self, output_dir: Union[str, Path], **kwargs: Any) -> None:
-        """peft adapter files plus flare_config.json (written last, atomically)."""
+        """peft adapter files plus flare_config.json (written last, atomically), all in ``output_dir``
+        whatever the adapter's name (peft alone puts a non-default adapter in a subfolder named after
+        it, where ``load_flare_model(output_dir)`` would not look)."""
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.peft_model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
+        name = self.adapter_name
+        if name == "default":
+            self.peft_model.save_pretrained(str(output_dir), safe_serialization=True, **kwargs)
+        else:
+            with tempfile.TemporaryDirectory(dir=output_dir, prefix=".save-") as tmp:
+                self.peft_model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[name], **kwargs)
+                for folder in (Path(tmp) / name, Path(tmp)):
+                    for item in folder.iterdir():
+                        if item.is_file():
+                            os.replace(item, output_dir / item.name)
         write_json_atomic(output_dir / FLARE_CONFIG_NAME, self.flare_config.to_dict())
 
     def merge_and_unload(self):

@@ -13,7 +13,7 @@ source state is zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -146,25 +146,51 @@ class PivotSession:
     """What every fused module reads during one forward (and its recomputation in backward).
 
     ``states`` maps layer index -> aligned pivot state (B, Lt, d); ``present`` is (B, Lt).
-    ``states is None`` means "no pivot" (phi(0, T) everywhere). With ``prefill_only`` the states
-    are used for the first model call (the prefill of generation) and then marked spent, so
-    generated tokens are absent exactly as answer tokens are in training.
+    ``states is None`` means "no pivot" (phi(0, T) everywhere).
+
+    In generation (``for_generation``) every model call first sets ``offset`` (the tokens already in
+    the KV cache) and the session serves the slice of the prompt-aligned states that call covers:
+    the prefill and every uncached recomputation start at 0 and get the prompt's states, positions
+    past the prompt (generated tokens) absent; a cached decoding step lies wholly past the prompt
+    and gets none. A call whose batch is k times the session's (beam search, several return
+    sequences: transformers repeats each row k times in place) gets each row's states repeated k
+    times; beams never leave their row, so reordering them keeps each beam's pivot right.
     """
 
     states: Optional[dict[int, torch.Tensor]] = None
     present: Optional[torch.Tensor] = None
-    prefill_only: bool = False
-    spent: bool = field(default=False)
+    for_generation: bool = False
+    offset: int = 0
 
     def lookup(self, layer: int, x: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        if self.states is None or self.spent:
+        if self.states is None:
             return None, None
         h = self.states.get(layer)
         if h is None:
             return None, None
-        if h.shape[:2] != x.shape[:2]:
+        if not self.for_generation:
+            if h.shape[:2] != x.shape[:2]:
+                raise PivotError(
+                    f"pivot states cover (batch, seq) = {tuple(h.shape[:2])} but layer {layer} got "
+                    f"{tuple(x.shape[:2])}: the pivot was prepared for a different input"
+                )
+            return h, self.present
+        return self._generation_view(layer, h, x)
+
+    def _generation_view(self, layer: int, h: torch.Tensor, x: torch.Tensor):
+        (B, L), (Bs, Ls) = x.shape[:2], h.shape[:2]
+        start = self.offset
+        if start >= Ls:  # a cached step past the prompt: generated tokens are absent
+            return None, None
+        if B % Bs != 0:
             raise PivotError(
-                f"pivot states cover (batch, seq) = {tuple(h.shape[:2])} but layer {layer} got "
-                f"{tuple(x.shape[:2])}: the pivot was prepared for a different input"
+                f"pivot states cover {Bs} rows but layer {layer} got {B}: the pivot was prepared for a different input"
             )
-        return h, self.present
+        h, present = h[:, start : start + L], self.present[:, start : start + L]
+        if L > h.shape[1]:  # an uncached call over prompt + generated tokens: those are absent
+            pad = L - h.shape[1]
+            h = torch.cat([h, h.new_zeros(Bs, pad, h.shape[-1])], dim=1)
+            present = torch.cat([present, present.new_zeros(Bs, pad)], dim=1)
+        if B != Bs:
+            h, present = h.repeat_interleave(B // Bs, dim=0), present.repeat_interleave(B // Bs, dim=0)
+        return h, present
