@@ -39,10 +39,10 @@ def xlmr_tokenizer(folder: Path):
     return XLMRobertaTokenizer.from_pretrained(folder)
 
 
-def xlmr_config(vocab_size: int, hidden: int = 32, layers: int = 2):
+def xlmr_config(vocab_size: int, hidden: int = 32, layers: int = 2, init_std: float = 0.02):
     from transformers import XLMRobertaConfig
 
-    return XLMRobertaConfig(
+    return XLMRobertaConfig(initializer_range=init_std,
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
         intermediate_size=2 * hidden, max_position_embeddings=260, pad_token_id=1, bos_token_id=0, eos_token_id=2,
         type_vocab_size=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -50,21 +50,20 @@ def xlmr_config(vocab_size: int, hidden: int = 32, layers: int = 2):
 
 
 def tiny_xlmr(head: str = "sequence-classification", *, vocab_size: int = 402, hidden: int = 32, layers: int = 2,
-              num_labels: int = 3, seed: int = 0, embed_scale: float = 1.0):
-    """A random tiny XLM-R with a classification or QA head; ``embed_scale`` multiplies the word
-    embeddings (a random model's residual stream is ~0.02: x50 lets tests see the pivot's effect)."""
+              num_labels: int = 3, seed: int = 0, init_std: float = 0.02):
+    """A random tiny XLM-R with a classification or QA head. XLM-R is post-LN: its embeddings and
+    block outputs are layer-normed, so scaling the embeddings (the decoders' x50 trick) changes
+    nothing; ``init_std`` well above 0.02 makes the head and projections large enough for a test
+    to see the pivot's effect on the logits."""
     from transformers import XLMRobertaForQuestionAnswering, XLMRobertaForSequenceClassification
 
-    config = xlmr_config(vocab_size, hidden, layers)
+    config = xlmr_config(vocab_size, hidden, layers, init_std)
     torch.manual_seed(seed)
     if head == "question-answering":
         model = XLMRobertaForQuestionAnswering(config)
     else:
         config.num_labels = num_labels
         model = XLMRobertaForSequenceClassification(config)
-    if embed_scale != 1.0:
-        with torch.no_grad():
-            model.roberta.embeddings.word_embeddings.weight.mul_(embed_scale)
     return model.eval()
 
 
