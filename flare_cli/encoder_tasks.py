@@ -267,25 +267,38 @@ def predict(
                 done_rows = finished
     if not qa:
         return [labels.get(i) for i in range(len(rows))]
-    return [rows[i]["context"][best[i][1] : best[i][2]] if i in best else None for i in range(len(rows))]
+    # the offsets index the context that was read: the English one for translate-test
+    context = PIVOT_PREFIX + "context" if method == "translate-test" else "context"
+    return [rows[i][context][best[i][1] : best[i][2]] if i in best else None for i in range(len(rows))]
 
 
 def evaluate_encoder_rows(
     model, tokenizer, task, rows: Sequence[dict], *, method: str, lang: str, source: str = "data",
     score: bool = True, max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 8,
     progress: Optional[Callable[[int], None]] = None,
+    answer_translator: Optional[Callable[[list[str]], list[str]]] = None,
 ):
     """``evaluate.evaluate_rows`` for an encoder: predict, then score with the task's own metrics
-    (accuracy and macro-F1, or QA exact match and F1), so encoder and decoder runs compare."""
+    (accuracy and macro-F1, or QA exact match and F1), so encoder and decoder runs compare.
+    ``answer_translator`` maps translate-test's English answer spans into the target language."""
     from flare_cli.evaluate import EvalResult
 
     if method in ("translate-test", "input-fusion", "flare"):
         task.require_pivots(rows, source)
-    predictions = predict(model, tokenizer, task, rows, method=method, max_length=max_length,
-                          batch_size=batch_size, progress=progress)
+    raw = predict(model, tokenizer, task, rows, method=method, max_length=max_length,
+                  batch_size=batch_size, progress=progress)
+    predictions = raw
+    if answer_translator is not None:
+        found = [i for i, p in enumerate(raw) if p is not None]
+        translated = answer_translator([raw[i] for i in found]) if found else []
+        predictions = list(raw)
+        for i, text in zip(found, translated):
+            predictions[i] = text
     records = []
-    for row, prediction in zip(rows, predictions):
-        record = {"id": row["id"], "prediction": prediction, "raw": prediction if prediction is not None else ""}
+    for row, prediction, text in zip(rows, predictions, raw):
+        record = {"id": row["id"], "prediction": prediction, "raw": text if text is not None else ""}
+        if answer_translator is not None:
+            record["back_translated"] = prediction
         if score:
             record["gold"] = task.target(row)
             record["correct"] = task.is_correct(prediction, row, lang)

@@ -378,9 +378,10 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         from flare_cli.encoder_tasks import DEFAULT_MAX_LENGTH, evaluate_encoder_rows
 
         meta = (adapter_settings(cfg.adapter).get("meta", {}) if cfg.adapter else {})
-        max_new_tokens, answer_translator, answers_by = None, None, None
+        max_new_tokens = None
         evaluate_rows_for = functools.partial(
-            evaluate_encoder_rows, max_length=meta.get("max_length") or DEFAULT_MAX_LENGTH
+            evaluate_encoder_rows, max_length=meta.get("max_length") or DEFAULT_MAX_LENGTH,
+            answer_translator=answer_translator,
         )
     else:
         evaluate_rows_for = functools.partial(

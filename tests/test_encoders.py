@@ -385,3 +385,38 @@ def test_compare_puts_encoder_and_decoder_runs_in_one_table(world, tmp_path):
 def test_flare_mt_is_refused_for_encoders(world, tmp_path):
     res = train(world, tmp_path / "mt", "nli", "flare-mt", "--mt-model", str(tmp_path / "nope"))
     assert res.exit_code == 2 and "flare-mt is for decoder bases" in res.output
+
+
+def test_translate_test_spans_come_from_the_english_context(tokenizer):
+    """translate-test reads (pivot_question, pivot_context): the predicted span's characters are cut
+    from the English context, whatever the target context holds at those offsets."""
+    from flare_cli.encoder_tasks import build_encoder_examples, predict
+    from flare_cli.tasks import get_task
+
+    task = get_task("qa")
+    row = {**qa_row(), "pivot_context": "It is raining. Dodoma is the capital of Tanzania."}
+    features = build_encoder_examples(tokenizer, task, [row], "translate-test", 32, training=False)
+    target = row["pivot_context"].index("Dodoma")
+    points = {}
+    for f in features:
+        hits = [i for i, o in enumerate(f.offsets) if o is not None and o[0] <= target < o[1]]
+        if hits:
+            last = max(i for i, o in enumerate(f.offsets) if o is not None and o[1] <= target + len("Dodoma"))
+            points[tuple(f.input_ids)] = (hits[0], last)
+
+    class Pointer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.anchor = nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask, **_):
+            start = torch.zeros(input_ids.shape)
+            end = torch.zeros(input_ids.shape)
+            for b, ids in enumerate(input_ids.tolist()):
+                s, e = points.get(tuple(ids[: int(attention_mask[b].sum())]), (0, 0))
+                start[b, s] += 10.0
+                end[b, e] += 10.0
+            return type("Out", (), {"start_logits": start, "end_logits": end})()
+
+    assert points
+    assert predict(Pointer(), tokenizer, task, [row], method="translate-test", max_length=32) == ["Dodoma"]
