@@ -61,9 +61,10 @@ def _fields(task, row: dict, pivot: bool) -> list[str]:
 def pair(task, row: dict, pivot: bool = False) -> tuple[str, Optional[str]]:
     """The (text, text_pair) an encoder reads for ``row``: QA (question, context); one field alone;
     two or more fields as the first and the rest."""
-    fields = _fields(task, row, pivot)
     if is_qa(task):
-        return row[PIVOT_PREFIX + "question" if pivot else "question"], row[PIVOT_PREFIX + "context" if pivot else "context"]
+        prefix = PIVOT_PREFIX if pivot else ""
+        return row[prefix + "question"], row[prefix + "context"]
+    fields = _fields(task, row, pivot)
     if len(fields) == 1:
         return fields[0], None
     return fields[0], " ".join(fields[1:])

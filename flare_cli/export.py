@@ -512,10 +512,13 @@ def _card_body(
             "",
             "from flare_cli.flare import load_flare_model",
             "from flare_cli.modeling import load_base_model",
+            *(["from flare_cli.tasks import get_task"] if head else []),
             "",
-            # the base (with the stage-1 task adapter merged, as in training), then this adapter
+            # the base (with the stage-1 task adapter merged, as in training), then this adapter;
+            # an encoder base also needs the task, which picks its head
             f'model, tokenizer = load_base_model("{base}"'
-            + (f', task_adapter="{task_adapter}"' if task_adapter else "") + ")",
+            + (f', task_adapter="{task_adapter}"' if task_adapter else "")
+            + (f', task=get_task("{task or "TASK"}")' if head else "") + ")",
             f'model = load_flare_model(model, snapshot_download("{repo_id}"))',
             "```",
             "",

@@ -308,6 +308,8 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     defaults = family_defaults(family)
     if family == "encoder" and cfg.method == "flare-mt":
         raise ConfigError("--method flare-mt is for decoder bases; an encoder base takes lora, flare or input-fusion")
+    if family == "encoder" and cfg.source_norm:
+        raise ConfigError("--source-norm applies a layer's input norm; a post-LN encoder (XLM-R) has none")
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 

@@ -328,6 +328,7 @@ def test_cli_classification_train_eval_merge(world, tmp_path):
     assert res.exit_code == 2 and "is a FLARE adapter" in res.output
     card = str(build_model_card(flare))
     assert "pipeline_tag: text-classification" in card
+    assert 'load_base_model("' in card and 'task=get_task("nli"))' in card
 
     lora = tmp_path / "lora"
     assert train(world, lora, "nli", "lora").exit_code == 0
@@ -380,11 +381,17 @@ def test_compare_puts_encoder_and_decoder_runs_in_one_table(world, tmp_path):
     assert [r["adapter"] for r in rows] == [str(encoder), str(decoder)]
     assert all({"accuracy", "macro_f1", "n"} <= set(r) and r["n"] == 3 for r in rows)
     assert [r["settings"]["decoding"] for r in rows] == ["argmax", "greedy"]
+    # each family got its own default targets and alignment
+    settings = [json.loads((folder / "flare_config.json").read_text()) for folder in (encoder, decoder)]
+    assert [(s["target_modules"], s["align"]) for s in settings] == [(["query", "value"], "start"),
+                                                                    (["q_proj", "v_proj"], "end")]
 
 
-def test_flare_mt_is_refused_for_encoders(world, tmp_path):
+def test_decoder_only_options_are_refused_for_encoders(world, tmp_path):
     res = train(world, tmp_path / "mt", "nli", "flare-mt", "--mt-model", str(tmp_path / "nope"))
     assert res.exit_code == 2 and "flare-mt is for decoder bases" in res.output
+    res = train(world, tmp_path / "norm", "nli", "flare", "--source-norm")
+    assert res.exit_code == 2 and "a post-LN encoder (XLM-R) has none" in res.output
 
 
 def test_translate_test_spans_come_from_the_english_context(tokenizer):
