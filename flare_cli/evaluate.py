@@ -368,6 +368,10 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     encoder = is_encoder(getattr(model, "config", None))
     if encoder and resolved.method == "flare-mt":
         raise ConfigError("--method flare-mt is for decoder bases, not encoders")
+    if encoder and resolved.method in BASE_ONLY_METHODS and getattr(model, "flare_head_is_new", False) \
+            and not resolved.task_adapter:
+        raise ConfigError(f"{resolved.base} has no trained {task.name} head: --method {resolved.method} needs "
+                          "--task-adapter (the stage-1 English adapter, which holds the head)")
     if cfg.adapter:
         model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter), mt_model=cfg.mt_model)
     model.eval()

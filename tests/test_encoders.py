@@ -345,6 +345,23 @@ def test_cli_classification_train_eval_merge(world, tmp_path):
         ids = merged(**enc).logits.argmax(-1).tolist()
     assert [merged.config.id2label[i] for i in ids] == predictions
     assert "pipeline_tag: text-classification" in (tmp_path / "merged" / "README.md").read_text()
+    # the merged model holds a trained head: zero-shot on it reproduces the adapter's predictions
+    res = cli("eval", "--base", tmp_path / "merged", "--task", "nli", "--lang", "sw", "--method", "zero-shot",
+              "--data", world / "nli.jsonl", "-o", tmp_path / "ev-merged")
+    assert res.exit_code == 0, res.output
+    again = [json.loads(line)["prediction"] for line in (tmp_path / "ev-merged" / "predictions.jsonl").open()]
+    assert again == predictions
+    # a head trained with the labels in another order is refused, not read as the wrong labels
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    config["id2label"] = {"0": "contradiction", "1": "neutral", "2": "entailment"}
+    (tmp_path / "merged" / "config.json").write_text(json.dumps(config))
+    res = cli("eval", "--base", tmp_path / "merged", "--task", "nli", "--lang", "sw", "--method", "zero-shot",
+              "--data", world / "nli.jsonl", "-o", tmp_path / "ev-perm")
+    assert res.exit_code == 2 and "has a classification head with labels ['contradiction'" in res.output
+    # the bare base has no head: zero-shot would score a random one
+    res = cli("eval", "--base", world / "base", "--task", "nli", "--lang", "sw", "--method", "zero-shot",
+              "--data", world / "nli.jsonl", "-o", tmp_path / "ev-base")
+    assert res.exit_code == 2 and "has no trained nli head" in res.output
 
 
 def test_cli_qa_train_eval(world, tmp_path):

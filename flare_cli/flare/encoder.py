@@ -11,6 +11,7 @@ begin with ``<s>``, so pivots are aligned from the start by default. The task he
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -96,14 +97,34 @@ def label_maps(labels) -> dict[str, Any]:
             "label2id": {label: i for i, label in enumerate(labels)}}
 
 
+def _check_label_order(name_or_path: str, config, labels) -> None:
+    """A checkpoint fine-tuned for classification names its labels: they must be the task's, in the
+    task's order, or every prediction would be read as the wrong label."""
+    names = [str(v) for _, v in sorted((getattr(config, "id2label", None) or {}).items(), key=lambda kv: int(kv[0]))]
+    if not names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        return  # no trained head: it gets the task's labels
+    if [n.casefold() for n in names] != [str(label).casefold() for label in labels]:
+        raise ConfigError(
+            f"{name_or_path} has a classification head with labels {names}, but the task's labels are "
+            f"{list(labels)} (in this order); use a base without that head or a task with the same labels"
+        )
+
+
 def load_encoder(name_or_path: str, head: Head, labels=None, **kwargs):
-    """``AutoModelFor<head>.from_pretrained``; a classification head gets the task's labels."""
+    """``AutoModelFor<head>.from_pretrained``; a classification head gets the task's labels.
+
+    ``model.flare_head_is_new`` tells whether the head was missing from the checkpoint (a freshly
+    initialised head: only training, or a stage-1 adapter, makes it meaningful)."""
     import transformers
 
     auto = getattr(transformers, head.auto_class)
     if head.name == "sequence-classification":
+        _check_label_order(name_or_path, transformers.AutoConfig.from_pretrained(name_or_path), labels or ())
         kwargs.update(label_maps(labels or ()))
-    return auto.from_pretrained(name_or_path, **kwargs)
+    model, info = auto.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    missing = info.get("missing_keys") or ()
+    model.flare_head_is_new = any(str(k).split(".")[0] == head.module for k in missing)
+    return model
 
 
 def adapt_lora_config(lora_config, model):
