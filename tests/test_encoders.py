@@ -444,3 +444,28 @@ def test_translate_test_spans_come_from_the_english_context(tokenizer):
 
     assert points
     assert predict(Pointer(), tokenizer, task, [row], method="translate-test", max_length=32) == ["Dodoma"]
+
+
+def test_flare_learns_what_only_the_pivot_carries(world, tmp_path):
+    """Every target text is the same sentence; only the English pivot tells the label. Plain LoRA
+    cannot beat the majority floor, FLARE (the pivot fused into query/value) can."""
+    pivots = {"negative": "the food was bad.", "neutral": "the food was ok.", "positive": "the food was good."}
+    data = tmp_path / "sentiment.jsonl"
+    with data.open("w", encoding="utf-8") as handle:
+        for i in range(24):
+            label = list(pivots)[i % 3]
+            handle.write(json.dumps({"id": str(i), "text": "apik tenan elek banget.", "label": label,
+                                     "pivot_text": pivots[label]}) + "\n")
+    scores, losses = {}, {}
+    for method in ("lora", "flare"):
+        out = tmp_path / method
+        res = cli("train", "--base", world / "base", "-o", out, "--task", "sentiment", "--lang", "jv", "--method",
+                  method, "--data", data, "--lr", "5e-2", "--batch-size", "8", "--micro-batch-size", "8",
+                  "--max-steps", "80", "--seed", "42", "--json")
+        assert res.exit_code == 0, res.output
+        losses[method] = json.loads(res.stdout.strip().splitlines()[-1])["train_loss"]
+        res = cli("eval", out, "--data", data, "-o", tmp_path / f"ev-{method}", "--json")
+        assert res.exit_code == 0, res.output
+        scores[method] = json.loads(res.stdout[res.stdout.index("{"):])["macro_f1"]
+    assert losses["lora"] > 1.0 and scores["lora"] < 20  # one class for every row
+    assert losses["flare"] < 0.7 and scores["flare"] > scores["lora"] + 25, (scores, losses)
