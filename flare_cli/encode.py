@@ -102,9 +102,15 @@ class Example:
 
 
 def build_examples(
-    tokenizer, task, rows: Sequence[dict], method: str, max_length: int, *, mt_encoder=None, lang: Optional[str] = None
+    tokenizer, task, rows: Sequence[dict], method: str, max_length: int, *, mt_encoder=None, lang: Optional[str] = None,
+    family: str = "decoder",
 ) -> list[Example]:
-    """``mt_encoder`` (an ``MTEncoder``) and ``lang`` (the target language) are for ``flare-mt``."""
+    """``mt_encoder`` (an ``MTEncoder``) and ``lang`` (the target language) are for ``flare-mt``.
+    ``family="encoder"`` builds an encoder's examples instead (flare_cli/encoder_tasks.py)."""
+    if family == "encoder":
+        from flare_cli.encoder_tasks import build_encoder_examples
+
+        return build_encoder_examples(tokenizer, task, rows, method, max_length)
     mt_ids: list = [None] * len(rows)
     if method == "flare-mt":
         if mt_encoder is None or lang is None:
@@ -130,8 +136,14 @@ def build_examples(
 
 
 def collate(examples: Sequence[Example], pad_id: int):
-    """Right-padded target (ids, mask, labels on answers only, prompt mask), pivot and MT tensors."""
+    """Right-padded target (ids, mask, labels on answers only, prompt mask), pivot and MT tensors.
+    Encoder examples get their own batch (labels or start/end positions; no prompt mask)."""
     import torch
+
+    from flare_cli.encoder_tasks import EncoderExample, collate_encoder
+
+    if examples and isinstance(examples[0], EncoderExample):
+        return collate_encoder(examples, pad_id)
 
     L = max(len(e.input_ids) for e in examples)
     B = len(examples)

@@ -12,6 +12,7 @@ Three layers, each usable alone:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -281,10 +282,11 @@ def _adapter_base(adapter_dir: str) -> Optional[str]:
     return config.get("base_model_name_or_path")
 
 
-def _load_base(name_or_path: str, task_adapter: Optional[str], dtype: str):
+def _load_base(name_or_path: str, task_adapter: Optional[str], dtype: str, task: Optional[Task] = None):
+    """``task`` picks an encoder base's head (classification or span); decoders ignore it."""
     from flare_cli.modeling import load_base_model
 
-    return load_base_model(name_or_path, task_adapter=task_adapter, dtype=dtype)
+    return load_base_model(name_or_path, task_adapter=task_adapter, dtype=dtype, task=task)
 
 
 def _attach_lora(model, adapter_dir: str):
@@ -422,14 +424,37 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     if resolved.method in PIVOT_METHODS:
         pivots_from = _ensure_pivots(task, rows, resolved, cfg)  # before loading the LLM: fail fast
 
-    model, tokenizer = _load_base(resolved.base, resolved.task_adapter, cfg.dtype)
+    model, tokenizer = _load_base(resolved.base, resolved.task_adapter, cfg.dtype, task)
+    from flare_cli.flare.encoder import is_encoder
+
+    encoder = is_encoder(getattr(model, "config", None))
+    if encoder and resolved.method == "flare-mt":
+        raise ConfigError("--method flare-mt is for decoder bases, not encoders")
+    if encoder and resolved.method in BASE_ONLY_METHODS and getattr(model, "flare_head_is_new", False) \
+            and not resolved.task_adapter:
+        raise ConfigError(f"{resolved.base} has no trained {task.name} head: --method {resolved.method} needs "
+                          "--task-adapter (the stage-1 English adapter, which holds the head)")
     if cfg.adapter:
         model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter), mt_model=cfg.mt_model)
     model.eval()
 
     max_new_tokens = cfg.max_new_tokens or default_max_new_tokens(task)
     answer_translator, answers_by = _answer_translator(task, resolved, cfg)
-    result = evaluate_rows(
+    if encoder:  # a classification or span head: argmax, no generation (flare_cli/encoder_tasks.py)
+        from flare_cli.encoder_tasks import DEFAULT_MAX_LENGTH, evaluate_encoder_rows
+
+        meta = (adapter_settings(cfg.adapter).get("meta", {}) if cfg.adapter else {})
+        max_new_tokens = None
+        evaluate_rows_for = functools.partial(
+            evaluate_encoder_rows, max_length=cfg.max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH,
+            answer_translator=answer_translator,
+        )
+    else:
+        evaluate_rows_for = functools.partial(
+            evaluate_rows, max_new_tokens=max_new_tokens, answer_translator=answer_translator,
+            max_length=cfg.max_length,
+        )
+    result = evaluate_rows_for(
         model,
         tokenizer,
         task,
@@ -438,11 +463,8 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         lang=resolved.lang,
         source=resolved.source,
         score=not cfg.predict,
-        max_new_tokens=max_new_tokens,
         batch_size=cfg.batch_size,
         progress=progress,
-        answer_translator=answer_translator,
-        max_length=cfg.max_length,
     )
     metrics = {
         **result.metrics,
@@ -461,7 +483,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "batch_size": cfg.batch_size,
             "limit": cfg.limit,
             "predict": cfg.predict,
-            "decoding": "greedy",
+            "decoding": "argmax" if encoder else "greedy",
             "pivots": f"translated on the fly by {pivots_from}" if pivots_from else "data",
             **({"answers": f"back-translated by {answers_by}"} if answers_by else {}),
             **({"mt_encoder": model.mt_encoder.model_id} if resolved.method == "flare-mt" else {}),

@@ -191,7 +191,7 @@ def run(cfg: MergeConfig) -> MergeResult:
             "pass --task-adapter DIR (or --no-task-adapter to merge into the bare base)"
         )
     lora_config, lora_state = _read_lora(adapter)  # before the (slow) base load: fail fast
-    model = _load_base(base, dtype, dequantize=_is_quantized(base_config))
+    model = _load_base(base, dtype, dequantize=_is_quantized(base_config), flare=flare)
     if task_adapter:
         model = _merge_task_adapter(model, task_adapter)
     merged = _fold_adapter(model, adapter, lora_config, lora_state)
@@ -235,11 +235,18 @@ def _merge_task_adapter(model, task_adapter: str):
         raise ModelError(f"cannot merge task adapter {task_adapter}: {_first_line(err)}") from None
 
 
-def _load_base(base: str, dtype, *, dequantize: bool):
+def _load_base(base: str, dtype, *, dequantize: bool, flare: dict | None = None):
+    """The base as trained: a causal LM, or an encoder with the head (and labels) its adapter records."""
     from transformers import AutoModelForCausalLM
 
+    from flare_cli.flare.encoder import HEADS, load_encoder
+
+    head = HEADS.get((flare or {}).get("head") or "")
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+        if head is not None:
+            model = load_encoder(base, head, (flare or {}).get("labels"), dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         if dequantize:
             model = model.dequantize()
     except ImportError as err:  # e.g. bitsandbytes missing for a quantized base
@@ -320,6 +327,18 @@ def _replace_dir(new: Path, out: Path) -> None:
 # --------------------------------------------------------------------------- model card
 
 
+def _encoder_head(flare: dict):
+    """The task head an encoder adapter was trained with (flare_config.json meta), or None (decoder)."""
+    from flare_cli.flare.encoder import HEADS
+
+    return HEADS.get(flare.get("head") or "")
+
+
+def _head_kwargs(flare: dict) -> str:
+    labels = flare.get("labels")
+    return f", num_labels={len(labels)}" if _encoder_head(flare) and labels else ""
+
+
 def read_metrics(folder: Path) -> list[dict]:
     path = Path(folder) / "metrics.json"
     if not path.exists():
@@ -375,6 +394,7 @@ def build_model_card(
     if relation == "merge":
         tags.append("merged")
     eval_results = [_eval_result(EvalResult, row, task, lang) for row in metrics] or None
+    head = _encoder_head(flare)
     datasets = flare.get("datasets")
     data = ModelCardData(
         base_model=base,
@@ -386,6 +406,7 @@ def build_model_card(
         datasets=datasets if datasets else None,
         model_name=name,
         eval_results=eval_results,
+        pipeline_tag=head.pipeline_tag if head else None,
     )
     body = _card_body(
         name=name,
@@ -472,9 +493,11 @@ def _card_body(
             ]
 
     lines += ["## How to use", ""]
+    head = _encoder_head(flare)
+    auto_class = head.auto_class if head else "AutoModelForCausalLM"
     if relation == "merge":
-        lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+        lines += ["```python", f"from transformers import {auto_class}, AutoTokenizer", "",
+                  f'model = {auto_class}.from_pretrained("{repo_id}")',
                   f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", ""]
     elif is_flare:
         lines += [
@@ -489,10 +512,13 @@ def _card_body(
             "",
             "from flare_cli.flare import load_flare_model",
             "from flare_cli.modeling import load_base_model",
+            *(["from flare_cli.tasks import get_task"] if head else []),
             "",
-            # the base (with the stage-1 task adapter merged, as in training), then this adapter
+            # the base (with the stage-1 task adapter merged, as in training), then this adapter;
+            # an encoder base also needs the task, which picks its head
             f'model, tokenizer = load_base_model("{base}"'
-            + (f', task_adapter="{task_adapter}"' if task_adapter else "") + ")",
+            + (f', task_adapter="{task_adapter}"' if task_adapter else "")
+            + (f', task=get_task("{task or "TASK"}")' if head else "") + ")",
             f'model = load_flare_model(model, snapshot_download("{repo_id}"))',
             "```",
             "",
@@ -514,9 +540,9 @@ def _card_body(
         lines += [
             "```python",
             "from peft import PeftModel",
-            "from transformers import AutoModelForCausalLM",
+            f"from transformers import {auto_class}",
             "",
-            f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+            f'base = {auto_class}.from_pretrained("{base}"{_head_kwargs(flare)})',
             f'model = PeftModel.from_pretrained(base, "{repo_id}")',
             "```",
             "",

@@ -66,6 +66,16 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+def _base_config(name_or_path: str):
+    """The base's transformers config (None if it cannot be read: the model load then says why)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except Exception:  # the model load below reports the failure with its own message
+        return None
+
+
 def load_base_model(
     name_or_path: str,
     *,
@@ -74,13 +84,20 @@ def load_base_model(
     device_map: Optional[str] = None,
     load_in_4bit: bool = False,
     device: Optional[str] = None,
+    task=None,
 ):
     """(model, tokenizer) for a base; a stage-1 LoRA task adapter is merged in first (method.md).
 
-    The task adapter must have been trained on this base: a different one is refused.
+    A causal LM loads as ``AutoModelForCausalLM``. An encoder (XLM-R, RoBERTa, BERT) loads with the
+    head ``task`` needs: ``AutoModelForSequenceClassification`` with the task's labels (nli,
+    sentiment, custom) or ``AutoModelForQuestionAnswering`` (qa). A new head is initialised from
+    torch's RNG: seed first. The task adapter must have been trained on this base: a different one
+    is refused.
     """
     import torch
     from transformers import AutoModelForCausalLM
+
+    from flare_cli.flare.encoder import head_for_task, is_encoder, load_encoder
 
     device = device or pick_device()
     kwargs = {"dtype": resolve_dtype(dtype, device)}
@@ -103,7 +120,14 @@ def load_base_model(
                 f"task adapter {task_adapter} was trained on {trained_on!r}, not on base {name_or_path!r}"
             )
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        if is_encoder(_base_config(name_or_path)):
+            if task is None:
+                raise ConfigError(f"{name_or_path} is an encoder: loading it needs the task (its head)")
+            model = load_encoder(name_or_path, head_for_task(task), getattr(task, "labels", None), **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except ConfigError:
+        raise
     except Exception as err:
         raise ModelError(_describe_load_failure(name_or_path, err)) from None
     if not device_map and not load_in_4bit:

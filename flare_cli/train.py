@@ -53,10 +53,12 @@ class TrainConfig:
     labels: Any = None  # --task custom: label words (a label task) or none (free text)
     task_adapter: Optional[str] = None
     fusion: str = "add_relu"
-    target_modules: Any = "all-linear"  # the paper's choice for decoders; fusion stays on q and v
-    fused_modules: Any = "q_proj,v_proj"
+    # None: the base family's default (decoders: all-linear LoRA, fusion on q_proj,v_proj, align end;
+    # encoders: query,value, both fused, align start)
+    target_modules: Any = None
+    fused_modules: Any = None
     fused_layers: Optional[list[int]] = None
-    align: str = "end"
+    align: Optional[str] = None
     source_norm: bool = False
     mt_model: Optional[str] = None  # flare-mt: the frozen NLLB/M2M100 encoder (Hub id or local folder)
     mt_revision: Optional[str] = None  # flare-mt: Hub revision of mt_model
@@ -244,6 +246,7 @@ def validation_loss(fm, examples, pad_id: int, micro: int, device, dist=None) ->
     import torch
 
     from flare_cli.encode import collate
+    from flare_cli.encoder_tasks import loss_weight
 
     starts = list(range(0, len(examples), micro))
     world, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
@@ -256,7 +259,7 @@ def validation_loss(fm, examples, pad_id: int, micro: int, device, dist=None) ->
             # a rank short of batches runs a throwaway one, so wrapped (collective) forwards stay in step
             i = mine[k] if k < len(mine) else starts[0]
             batch = _model_inputs(collate(examples[i : i + micro], pad_id), device)
-            n = int((batch["labels"] != -100).sum())
+            n = loss_weight(batch)
             out = fm(**batch)
             if k < len(mine):
                 total += float(out.loss) * n
@@ -288,6 +291,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     from flare_cli.distributed import Dist
     from flare_cli.encode import build_examples, collate, truncation_report
     from flare_cli.flare import FlareConfig, get_flare_model
+    from flare_cli.flare.encoder import encoder_meta, family_defaults, model_family
     from flare_cli.languages import resolve
     from flare_cli.modeling import load_base_model, pick_device
     from flare_cli.tasks.registry import get_task
@@ -319,22 +323,29 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
         device_map = {"": dist.device.index}  # each process quantizes its own copy onto its own GPU
     model, tokenizer = load_base_model(
         cfg.base, task_adapter=cfg.task_adapter, dtype=cfg.dtype, device_map=device_map,
-        load_in_4bit=cfg.load_in_4bit, **({"device": str(dist.device)} if dist.world_size > 1 else {}),
+        load_in_4bit=cfg.load_in_4bit, **({"device": str(dist.device)} if dist.world_size > 1 else {}), task=task,
     )
+    family = model_family(model.config)  # encoders (XLM-R) load with their task head; flare/encoder.py
+    defaults = family_defaults(family)
+    if family == "encoder" and cfg.method == "flare-mt":
+        raise ConfigError("--method flare-mt is for decoder bases; an encoder base takes lora, flare or input-fusion")
+    if family == "encoder" and cfg.source_norm:
+        raise ConfigError("--source-norm applies a layer's input norm; a post-LN encoder (XLM-R) has none")
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    targets = cfg.target_modules if cfg.target_modules == "all-linear" else cfg.target_modules
+    targets = cfg.target_modules or defaults["target_modules"]
     mt_encoder = _load_mt_encoder(cfg, model) if cfg.method == "flare-mt" else None
     flare_config = FlareConfig(
         method=cfg.method, fusion=cfg.fusion if cfg.method in ("flare", "flare-mt") else "none", r=cfg.r,
         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
-        fused_modules=cfg.fused_modules, fused_layers=cfg.fused_layers, align=cfg.align,
+        fused_modules=cfg.fused_modules or defaults["fused_modules"], fused_layers=cfg.fused_layers,
+        align=cfg.align or defaults["align"],
         source_norm=cfg.source_norm, mt_model=cfg.mt_model, mt_projection=cfg.mt_projection,
         mt_revision=_mt_revision(cfg) if mt_encoder is not None else None,
         meta={"base_model": cfg.base, "task": cfg.task, "lang": cfg.lang, "task_adapter": cfg.task_adapter,
-              "train_data": cfg.data},
+              "train_data": cfg.data, **(encoder_meta(model, task, cfg.max_length) if family == "encoder" else {})},
     )
     fm = get_flare_model(model, flare_config, mt_encoder=mt_encoder)
     if cfg.gradient_checkpointing:
@@ -344,9 +355,10 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     wrapped = dist.wrap(fm)  # what training forwards go through: fm itself, or its DDP/FSDP wrapper
 
     mt = {"mt_encoder": mt_encoder, "lang": cfg.lang} if mt_encoder is not None else {}
-    examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length, **mt)
+    examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length, family=family, **mt)
     truncation = truncation_report(cfg.max_length, examples)
-    val_examples = build_examples(tokenizer, task, val_rows, cfg.method, cfg.max_length, **mt) if val_rows else []
+    val_examples = build_examples(tokenizer, task, val_rows, cfg.method, cfg.max_length, family=family, **mt) \
+        if val_rows else []
     accum = cfg.batch_size // cfg.micro_batch_size
     micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
     steps_per_epoch = max(1, micro_per_epoch // accum)

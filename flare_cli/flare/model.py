@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from flare_cli.errors import ConfigError, ModelError, PivotError
+from flare_cli.flare.encoder import adapt_lora_config
 from flare_cli.flare.fusion import FUSIONS
 from flare_cli.flare.layer import FlareLinear, layer_index_of
 from flare_cli.flare.pivot import (
@@ -266,7 +267,8 @@ def _check_mt_encoder(config: FlareConfig, mt_encoder) -> None:
 def get_flare_model(
     model: nn.Module, config: FlareConfig, adapter_name: str = "default", *, mt_encoder=None
 ) -> "FlareModel":
-    """Wrap a HF causal LM with a fresh FLARE (or plain LoRA) adapter, B = 0 as in peft.
+    """Wrap a HF causal LM, or an encoder with a task head (XLM-R), with a fresh FLARE (or plain
+    LoRA) adapter, B = 0 as in peft.
 
     FLARE-MT also takes the frozen ``mt_encoder`` (``flare_cli.flare.load_mt_encoder``).
     """
@@ -275,7 +277,9 @@ def get_flare_model(
     if config.method == "flare-mt":
         _check_mt_encoder(config, mt_encoder)
     resolve_modules(model, config)
-    peft_model = get_peft_model(model, _lora_config_for(config), adapter_name=adapter_name)
+    # an encoder (XLM-R) gets its head's peft task type and trains the head as modules_to_save
+    lora_config = adapt_lora_config(config.to_lora_config(), model)
+    peft_model = get_peft_model(model, _lora_config_for(config, lora_config), adapter_name=adapter_name)
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
 

@@ -27,7 +27,8 @@ class _StopSourcePass(Exception):
 
 
 def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layer stack of a HF causal LM (model.model.layers for Llama/Gemma/Qwen/Mistral)."""
+    """The layer stack of a HF causal LM (model.model.layers for Llama/Gemma/Qwen/Mistral), or of an
+    encoder (model.roberta.encoder.layer for XLM-R)."""
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     for _name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0 and (n_layers is None or len(module) == n_layers):
@@ -83,14 +84,20 @@ def capture_layer_inputs(
     for index in wanted:
         handles.append(layers[index].register_forward_pre_hook(make_hook(index), with_kwargs=True))
     try:
-        body = getattr(model, "get_decoder", None)
-        runner = body() if callable(body) else model
-        runner(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions_from_mask(attention_mask),
-            use_cache=False,
-        )
+        from flare_cli.flare.encoder import encoder_body, is_encoder
+
+        if is_encoder(getattr(model, "config", None)):
+            # an encoder counts positions from its pad id itself (XLM-R: padding_idx + 1): no position_ids
+            encoder_body(model)(input_ids=input_ids, attention_mask=attention_mask)
+        else:
+            body = getattr(model, "get_decoder", None)
+            runner = body() if callable(body) else model
+            runner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=positions_from_mask(attention_mask),
+                use_cache=False,
+            )
     except _StopSourcePass:
         pass
     finally:
