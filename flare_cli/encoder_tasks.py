@@ -48,6 +48,11 @@ class EncoderExample:
     end: Optional[int] = None
     pivot_ids: Optional[list[int]] = None
     offsets: Optional[list] = None  # QA: (char start, char end) in the context per token, None outside it
+    # truncation, as encode.truncation_report reads it: a classification input cut to max_length, or a
+    # QA question cut to half a window (QA contexts are split into strided windows, never cut)
+    truncated: bool = False
+    answer_cut: bool = False
+    row_id: Optional[str] = None
 
 
 def is_qa(task) -> bool:
@@ -148,19 +153,23 @@ def build_encoder_examples(
                 skipped += 1
                 continue
             windows = _qa_windows(tokenizer, text, text_pair, length)
+            question_cut = len(tokenizer(text, add_special_tokens=False)["input_ids"]) > length // 2
             pivots = [ids for ids, _ in _qa_windows(tokenizer, *pair(task, row, pivot=True), max_length)] \
                 if method == "flare" else None
             for k, (ids, offsets) in enumerate(windows):
                 start, end = _token_span(offsets, span) if span else (None, None)
                 pivot_ids = pivots[min(k, len(pivots) - 1)] if pivots else None
-                examples.append(EncoderExample(ids, index, start=start, end=end, pivot_ids=pivot_ids, offsets=offsets))
+                examples.append(EncoderExample(ids, index, start=start, end=end, pivot_ids=pivot_ids, offsets=offsets,
+                                               truncated=question_cut, row_id=row.get("id")))
         else:
             ids = tokenizer(text, text_pair, truncation=True, max_length=length)["input_ids"]
+            truncated = len(tokenizer(text, text_pair)["input_ids"]) > len(ids)
             pivot_ids = None
             if method == "flare":
                 pivot_ids = tokenizer(*pair(task, row, pivot=True), truncation=True, max_length=max_length)["input_ids"]
             label = task.labels.index(row[task.gold_field]) if training else None
-            examples.append(EncoderExample(ids, index, label=label, pivot_ids=pivot_ids))
+            examples.append(EncoderExample(ids, index, label=label, pivot_ids=pivot_ids, truncated=truncated,
+                                           row_id=row.get("id")))
     if training and rows and not examples:
         raise DataError(f"none of the {len(rows)} QA rows has its answer in its context (answer_start or text)")
     return examples

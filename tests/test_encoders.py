@@ -401,7 +401,7 @@ def test_compare_puts_encoder_and_decoder_runs_in_one_table(world, tmp_path):
     # each family got its own default targets and alignment
     settings = [json.loads((folder / "flare_config.json").read_text()) for folder in (encoder, decoder)]
     assert [(s["target_modules"], s["align"]) for s in settings] == [(["query", "value"], "start"),
-                                                                    (["q_proj", "v_proj"], "end")]
+                                                                    ("all-linear", "end")]
 
 
 def test_decoder_only_options_are_refused_for_encoders(world, tmp_path):

@@ -380,11 +380,13 @@ def test_modules_an_architecture_lacks_are_one_clear_line():
 
 
 def test_train_defaults_to_all_linear_targets_with_q_v_fusion():
+    from flare_cli.flare.encoder import family_defaults
     from flare_cli.train import TrainConfig
 
     cfg = TrainConfig(base="b", output_dir="o")
-    assert cfg.target_modules == "all-linear"
-    assert cfg.fused_modules in ("q_proj,v_proj", ["q_proj", "v_proj"])
+    assert cfg.target_modules is None and cfg.fused_modules is None  # resolved per model family at load
+    assert family_defaults("decoder") == {"target_modules": "all-linear", "fused_modules": "q_proj,v_proj",
+                                          "align": "end"}
 
 
 def test_peft_missing_key_warning_is_hidden_only_when_it_lists_flare_tensors_alone():
