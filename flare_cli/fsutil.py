@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterator, Union
 
@@ -73,22 +72,48 @@ def atomic_copy(src: PathLike, dst: PathLike) -> None:
 
 
 def make_temp_dir(parent: PathLike, name: str) -> Path:
-    """A fresh hidden folder ``parent/.name.XXXX.tmp`` with the usual folder mode."""
+    """A fresh hidden folder ``parent/.name.PID.XXXX.tmp`` with the usual folder mode.
+
+    The pid in the name lets a later run tell a killed writer's leftovers from a live one's.
+    """
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=parent))
     os.chmod(tmp, dir_mode())
     return tmp
 
 
-def stale_temp_dirs(parent: PathLike, name: str, older_than_s: float = 0.0) -> list[Path]:
-    """Leftover ``make_temp_dir(parent, name)`` folders (a killed run's), oldest first."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def stale_temp_dirs(parent: PathLike, name: str) -> list[Path]:
+    """Folders a killed writer of ``parent/name`` left: ``.name.PID.XXXX.tmp`` (make_temp_dir) and
+    ``.name.old-PID`` (a replaced folder not yet removed) whose process is gone. A name without a
+    pid (flare_cli before 0.2) counts as stale."""
     parent = Path(parent)
     if not parent.is_dir():
         return []
-    now = time.time()
-    found = [p for p in parent.glob(f".{name}.*.tmp") if p.is_dir() and now - p.stat().st_mtime >= older_than_s]
-    return sorted(found, key=lambda p: p.stat().st_mtime)
+    stale = []
+    for path in parent.iterdir():
+        rest = path.name[len(name) + 2:] if path.name.startswith(f".{name}.") else None
+        if rest is None or not path.is_dir() or path.is_symlink():
+            continue
+        if rest.endswith(".tmp"):
+            pid = rest.split(".")[0]
+        elif rest.startswith("old-"):
+            pid = rest[4:]
+        else:
+            continue
+        if not (pid.isdigit() and _alive(int(pid))):
+            stale.append(path)
+    return sorted(stale)
 
 
 def remove_tree(path: PathLike) -> None:
@@ -140,24 +165,31 @@ class FolderBusyError(FlareError):
 
 
 @contextlib.contextmanager
-def run_lock(folder: PathLike, what: str) -> Iterator[None]:
-    """Hold ``folder/.flare.lock`` for the block; FolderBusyError at once when another process has it.
+def file_lock(lock_path: PathLike, busy_message: str) -> Iterator[None]:
+    """Hold ``lock_path`` for the block; FolderBusyError(busy_message) at once when another process has it.
 
     An OS file lock (flock), so a killed holder never leaves a stale lock behind.
     """
     from filelock import FileLock, Timeout
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path), timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        raise FolderBusyError(
-            f"{folder} is in use by another {what} (lock {folder / LOCK_NAME}); wait for it to finish "
-            "or pick another output folder"
-        ) from None
+        raise FolderBusyError(busy_message) from None
     try:
         yield
     finally:
         lock.release()
+
+
+def run_lock(folder: PathLike, what: str):
+    """Hold ``folder/.flare.lock`` while ``what`` (e.g. "flare train") writes into ``folder``."""
+    folder = Path(folder)
+    return file_lock(
+        folder / LOCK_NAME,
+        f"{folder} is in use by another {what} (lock {folder / LOCK_NAME}); wait for it to finish "
+        "or pick another output folder",
+    )

@@ -460,6 +460,7 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     from transformers import get_linear_schedule_with_warmup
 
     from flare_cli.encode import build_examples, collate
+    from flare_cli.export import base_fingerprint
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.modeling import load_base_model, pick_device
 
@@ -491,7 +492,7 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
         source_norm=cfg.source_norm, mt_model=cfg.mt_model, mt_projection=cfg.mt_projection,
         mt_revision=_mt_revision(cfg) if mt_encoder is not None else None,
         meta={"base_model": cfg.base, "task": cfg.task, "lang": cfg.lang, "task_adapter": cfg.task_adapter,
-              "train_data": cfg.data},
+              "train_data": cfg.data, "base_fingerprint": base_fingerprint(model)},
     )
     _check_layers(cfg, model)
     try:
