@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -153,12 +151,9 @@ def read_flare_config(adapter_dir: Union[str, Path]) -> Optional[dict[str, Any]]
 
 
 def write_json_atomic(path: Union[str, Path], data: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    from flare_cli.fsutil import atomic_write_json
+
+    atomic_write_json(path, data, indent=2, sort_keys=True)
 
 
 def _lora_config_for(config: FlareConfig, lora_config=None):
@@ -212,6 +207,7 @@ def load_flare_model(
     flare_config.json unless ``mt_encoder`` is given.
     """
     from peft import LoraConfig, PeftModel
+    from safetensors import SafetensorError
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -234,7 +230,7 @@ def load_flare_model(
         peft_model = PeftModel.from_pretrained(
             model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
         )
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: truncated file
         raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
