@@ -400,12 +400,12 @@ def eval_(
         run_dir = Path(output_dir)
         if len(runs) > 1:
             run_dir = run_dir / _run_label(adapter_dir, run_method)
-        cfg = evaluate.EvalConfig(
+        cfg = run_stage(lambda: evaluate.EvalConfig(  # the config validates: its errors are one line too
             task=task, lang=lang, adapter=adapter_dir, base=base, task_adapter=task_adapter, method=run_method,
             data=data, split=split, output_dir=str(run_dir), batch_size=batch_size, max_new_tokens=max_new_tokens,
             limit=limit, predict=predict, task_options=task_options, mt_model=mt_model,
             back_translate_answers=back_translate_answers,
-        )
+        ))
         results.append(run_stage(lambda: _eval_with_progress(evaluate, cfg)))
     metrics = [r.metrics for r in results]
     _print_eval_table(metrics, predict)
@@ -481,11 +481,11 @@ def merge(
     """Fold a LoRA adapter into its base (FLARE adapters are refused unless asked explicitly)."""
     from flare_cli import export
 
-    cfg = export.MergeConfig(
+    cfg = run_stage(lambda: export.MergeConfig(
         adapter=adapter, output_dir=output_dir, base=base, task_adapter=task_adapter,
         no_task_adapter=no_task_adapter, max_shard_size=max_shard_size,
         drop_pivot=drop_pivot, dequantize=dequantize, overwrite=overwrite,
-    )
+    ))
     result = run_stage(lambda: export.run(cfg))
     for line in result.warnings:
         _stderr_console().print(f"[bold yellow]warning:[/] {line}", highlight=False)

@@ -175,14 +175,15 @@ def run(cfg: MergeConfig) -> MergeResult:
         raise ConfigError(f"--drop-pivot is only for FLARE adapters; {adapter} is a plain LoRA adapter ({method})")
 
     out = Path(cfg.output_dir)
-    _check_output(out, cfg.overwrite)
-    _refuse_overlap(out, adapter, "--adapter")
-
     base = cfg.base or adapter_config.get("base_model_name_or_path")
     if not base:
         raise ConfigError(f"{adapter / 'adapter_config.json'} names no base model; pass --base")
-    if Path(base).exists():
-        _refuse_overlap(out, Path(base), "--base")
+    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or flare.get("task_adapter"))
+    # never write over (or into) what this merge reads
+    for option, source in (("--adapter", adapter), ("--base", base), ("--task-adapter", task_adapter)):
+        if source and Path(source).exists():
+            _refuse_overlap(out, Path(source), option)
+    _check_output(out, cfg.overwrite)
     base_config = _load_base_config(base)
     if _is_quantized(base_config) and not cfg.dequantize:
         raise MergeError(
@@ -198,14 +199,11 @@ def run(cfg: MergeConfig) -> MergeResult:
             "it is NOT the trained model (run `flare eval` on both to measure the difference)"
         )
 
-    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or flare.get("task_adapter"))
     if task_adapter and not (Path(task_adapter) / "adapter_config.json").is_file():
         raise ConfigError(
             f"the adapter was trained on base + task adapter {task_adapter}, which is not an adapter folder here; "
             "pass --task-adapter DIR (or --no-task-adapter to merge into the bare base)"
         )
-    if task_adapter:
-        _refuse_overlap(out, Path(task_adapter), "--task-adapter")
     lora_config, lora_state = _read_lora(adapter)  # before the (slow) base load: fail fast
     model = _load_base(base, dtype, dequantize=_is_quantized(base_config))
     if task_adapter:

@@ -440,19 +440,19 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
             return _finished_result(finished)
         return _train(cfg, task, dist, out, on_log)
     _inspect_output_dir(cfg)  # someone else's folder is refused before we put a lock file in it
-    created = not out.exists()
-    try:
-        with run_lock(out, "flare train"):  # a second run into this folder is refused, not interleaved
-            finished = _inspect_output_dir(cfg)  # again: the folder may have changed while we waited
+    created, had_lock_file = not out.exists(), (out / LOCK_NAME).exists()
+    with run_lock(out, "flare train"):  # a second run into this folder is refused, not interleaved
+        try:
+            finished = _inspect_output_dir(cfg)  # again: the folder may have changed meanwhile
             dist.barrier()
             if finished is not None:
                 return _finished_result(finished)
             return _train(cfg, task, dist, out, on_log)
-    except BaseException:
-        if out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
-            # a start that failed before writing anything leaves the folder as it found it
-            remove_tree(out) if created else (out / LOCK_NAME).unlink(missing_ok=True)
-        raise
+        except BaseException:
+            if {p.name for p in out.iterdir()} <= {LOCK_NAME} and not had_lock_file:
+                # a start that failed before writing anything leaves the folder as it found it
+                remove_tree(out) if created else (out / LOCK_NAME).unlink(missing_ok=True)
+            raise
 
 
 def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], None]) -> TrainResult:
