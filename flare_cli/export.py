@@ -16,7 +16,7 @@ from typing import Any
 
 from flare_cli import __version__
 from flare_cli.errors import ConfigError, DataError, MergeError, ModelError
-from flare_cli.fsutil import check_output_dir, make_temp_dir, overlaps, remove_tree, stale_temp_dirs
+from flare_cli.fsutil import check_output_dir, give_usual_modes, make_temp_dir, overlaps, remove_tree, stale_temp_dirs
 
 FLARE_METHODS = frozenset({"flare", "flare-mt"})
 # Tensors only FLARE layers use; plain peft ignores them (the pivot-less model).
@@ -298,6 +298,7 @@ def _write_merged(cfg: MergeConfig, merged, adapter: Path, base: str, dtype, out
             adapter, base_model=base, relation="merge", dropped_pivot=cfg.drop_pivot, merged_dtype=str(dtype)
         )
         card.save(tmp / "README.md")
+        give_usual_modes(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         remove_tree(tmp)

@@ -83,6 +83,18 @@ def make_temp_dir(parent: PathLike, name: str) -> Path:
     return tmp
 
 
+def give_usual_modes(folder: PathLike) -> None:
+    """chmod a folder that we just wrote (and everything in it) to 0666/0777 minus the umask:
+    some writers (safetensors) create private 0600 files."""
+    fmode, dmode = file_mode(), dir_mode()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, dmode)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, fmode)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 from flare_cli.config import dump_yaml, public_dict
 from flare_cli.errors import ConfigError, DataError, ModelError
 from flare_cli.fsutil import (
-    LOCK_NAME, atomic_copy, atomic_write_text, check_output_dir, make_temp_dir, remove_tree, run_lock,
+    LOCK_NAME, atomic_copy, atomic_write_text, check_output_dir, give_usual_modes, remove_tree, run_lock,
 )
 
 RESULT_NAME = "train_result.json"
@@ -277,6 +277,7 @@ def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit:
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}, tmp / "rng.pt")
+    give_usual_modes(tmp)  # safetensors writes 0600 files
     atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))  # last: marks the checkpoint complete
     shutil.rmtree(ckpt, ignore_errors=True)
     os.replace(tmp, ckpt)

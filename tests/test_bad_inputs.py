@@ -114,7 +114,7 @@ CASES = [
      "--overwrite replaces only a merged model folder"),
     ("merge-inside-base", lambda w: merge(w, "-o", str(w / "base" / "m")), 2, "--output-dir"),
     ("merge-other-base-same-shape", lambda w: merge(w, "-o", str(w / "m"), "--base", str(w / "base2")), 2,
-     "{adapter} was trained on"),
+     "{adapter} was trained on {root}/base, and the weights of {root}/base2 are not"),
     ("merge-truncated-base", lambda w: merge(w, "-o", str(w / "m"), "--base", str(w / "truncated_base")), 1,
      "cannot load base model"),
     # training settings that crashed or were accepted silently
@@ -129,11 +129,12 @@ CASES = [
     ("fused-layers-out-of-range", lambda w: train(w, "--method", "flare", "--fused-layers", "0,9"), 2,
      "--fused-layers 9"),
     ("target-modules-nosuch", lambda w: train(w, "--target-modules", "nosuch"), 2, "--target-modules nosuch"),
-    ("train-data-typo", lambda w: train(w, "--data", str(w / "trian.jsonl")), 2, ""),
+    ("train-data-typo", lambda w: train(w, "--data", str(w / "trian.jsonl")), 2, "{root}/trian.jsonl: no such file"),
     # eval
     ("eval-unknown-lang", lambda w: evaluate(w, "--lang", "xx"), 2, "unknown language code 'xx'"),
     ("eval-truncated-adapter",
-     lambda w: ["eval", "--adapter", str(w / "truncated_adapter"), "--data", str(w / "train.jsonl")], 1, ""),
+     lambda w: ["eval", "--adapter", str(w / "truncated_adapter"), "--data", str(w / "train.jsonl")], 1,
+     "{root}/truncated_adapter: cannot load adapter"),
     # usage errors: one line too, not click's box
     ("usage-bad-int", lambda w: train(w, "--r", "abc"), 2, "Invalid value for '--r'"),
     ("usage-unknown-option", lambda w: ["merge", "--adapterr", "x"], 2, "No such option: --adapterr"),
@@ -151,7 +152,7 @@ def test_bad_input_is_one_line_and_touches_nothing(world, monkeypatch, case_id, 
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
-    expected = first_words.replace("{adapter}", str(world / "runs" / "x" / "adapter"))
+    expected = first_words.replace("{adapter}", str(world / "runs" / "x" / "adapter")).replace("{root}", str(world))
     assert errors[0].startswith(f"error: {expected}"), errors[0]
     assert tree_state(world) == before  # nothing created, changed or removed
 
