@@ -344,11 +344,14 @@ def _training_progress():
         elif record.get("event") == "resume":
             console.print(f"[yellow]resuming[/] from {record['checkpoint']}", highlight=False)
         elif record.get("event") == "skip_checkpoint":
-            console.print(f"[bold yellow]warning:[/] {record['checkpoint']} is unreadable ({record['reason']}); "
-                          "falling back to the one before it", highlight=False, markup=True, soft_wrap=True)
+            from rich.markup import escape
+
+            console.print(f"[bold yellow]warning:[/] {escape(record['checkpoint'])} is unreadable "
+                          f"({escape(record['reason'])}); falling back to the one before it",
+                          highlight=False, soft_wrap=True)
         elif record.get("event") == "overwrite":
             console.print(f"--overwrite: removed the previous run's {', '.join(record['removed'])}",
-                          highlight=False, soft_wrap=True)
+                          highlight=False, markup=False, soft_wrap=True)
 
     return on_log
 
