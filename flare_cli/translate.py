@@ -397,6 +397,8 @@ def _validate(cfg: TranslateConfig) -> tuple[tuple[str, ...], Language, Language
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
     if cfg.output != "-":
         check_output_file(cfg.output, "--output")
+        if cfg.input != "-" and Path(cfg.input).resolve() == Path(cfg.output).resolve():
+            raise ConfigError(f"--output {cfg.output} is the --input file; write the translation to another file")
     if cfg.cache_dir:
         check_output_dir(cfg.cache_dir, "--cache-dir")
     _check_device(cfg.device)

@@ -95,6 +95,7 @@ CASES = [
     # output paths under a file or onto a folder, for every command that writes
     ("translate-out-under-file", lambda w: translate(w, "-o", str(w / "afile" / "o.jsonl")), 2, "--output"),
     ("translate-out-is-folder", lambda w: translate(w, "-o", str(w / "adir.jsonl")), 2, "--output"),
+    ("translate-over-its-input", lambda w: translate(w, "-o", str(w / "train.jsonl")), 2, "--output"),
     ("translate-no-cuda", lambda w: translate(w, "-o", str(w / "o.jsonl"), "--device", "cuda"), 2, "--device cuda"),
     ("train-out-is-file", lambda w: train(w, "-o", str(w / "afile")), 2, "--output-dir"),
     ("train-out-under-file", lambda w: train(w, "-o", str(w / "afile" / "run")), 2, "--output-dir"),
@@ -194,3 +195,21 @@ def test_flare_debug_only_for_true_values(world, monkeypatch):
         result = runner.invoke(app, argv)
         assert result.exit_code == 1 and type(result.exception).__name__ == "ConfigError"  # the traceback
     os.environ.pop("FLARE_DEBUG", None)
+
+
+def test_os_errors_are_one_runtime_line(capsys, monkeypatch):
+    """A full disk or a permission is the user's to fix: one line, exit 1, no traceback."""
+    import errno
+
+    import typer
+
+    from flare_cli.cli import run_stage
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/model.safetensors")
+
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(typer.Exit) as exited:
+        run_stage(full_disk)
+    assert exited.value.exit_code == 1
+    assert capsys.readouterr().err.strip() == "error: No space left on device: /data/out/model.safetensors"
