@@ -104,8 +104,9 @@ class TrainConfig:
         if self.mt_projection not in ("shared", "per-layer"):
             raise ConfigError(f"--mt-projection must be shared or per-layer, got {self.mt_projection!r}")
         for name in ("r", "batch_size", "micro_batch_size", "max_length", "logging_steps", "lora_alpha"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value <= 0:  # (max_length None: the task's default)
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}"
