@@ -16,7 +16,9 @@ from typing import Any
 
 from flare_cli import __version__
 from flare_cli.errors import ConfigError, DataError, MergeError, ModelError
-from flare_cli.fsutil import check_output_dir, give_usual_modes, make_temp_dir, overlaps, remove_tree, stale_temp_dirs
+from flare_cli.fsutil import (
+    check_output_dir, give_usual_modes, make_temp_dir, overlaps, remove_tree, stale_temp_dirs,
+)
 
 FLARE_METHODS = frozenset({"flare", "flare-mt"})
 # Tensors only FLARE layers use; plain peft ignores them (the pivot-less model).

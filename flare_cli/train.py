@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from flare_cli.config import dump_yaml, public_dict
-from flare_cli.errors import ConfigError, DataError, ModelError
+from flare_cli.errors import ConfigError, DataError
 from flare_cli.fsutil import (
     LOCK_NAME, atomic_copy, atomic_write_text, check_output_dir, give_usual_modes, remove_tree, run_lock,
 )
