@@ -7,6 +7,7 @@ each command imports its stage inside the function body.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,13 +15,53 @@ from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.26 carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
 
 from flare_cli import __version__
 from flare_cli.errors import FlareError, NotBuiltError
 
 T = TypeVar("T")
 
+
+def debug_enabled() -> bool:
+    """FLARE_DEBUG=1/true/yes shows tracebacks; 0, false, no or empty do not."""
+    return os.environ.get("FLARE_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _say_error(message: str) -> None:
+    # soft_wrap: one line whatever the terminal width (CI logs, grep)
+    from rich.markup import escape
+
+    _stderr_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (bad flag, missing option, wrong type) as one `error: ...` line and exit 2,
+    like every other error, instead of click's multi-line box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError:
+            sys.exit(2)  # typer has printed the help
+        except click_errors.ClickException as err:
+            _say_error(" ".join(err.format_message().split()))
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            _stderr_console().print("[yellow]interrupted[/]; partial work is kept and resumable")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="flare",
     help="FLARE: adapt an LLM to a new language with LoRA adapters that fuse an English pivot.",
     no_args_is_help=True,
@@ -36,24 +77,52 @@ def _stderr_console():
     return Console(stderr=True)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, `timeout`), unwound like Ctrl-C so that partial work is kept."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_stage(fn: Callable[[], T]) -> T:
     """Call a stage; turn a FlareError into a one-line message and its exit code.
 
-    Set FLARE_DEBUG=1 to see the traceback instead.
+    OSError (a full disk, a permission) is a runtime failure, also one line. Ctrl-C exits 130 and
+    SIGTERM 143, both saying that partial work is kept. Set FLARE_DEBUG=1 to see the traceback.
     """
     try:
-        return fn()
-    except FlareError as err:
-        if os.environ.get("FLARE_DEBUG"):
+        with _sigterm_as_interrupt():
+            return fn()
+    except (FlareError, OSError) as err:
+        if debug_enabled():
             raise
-        # soft_wrap: one line whatever the terminal width (CI logs, grep)
-        from rich.markup import escape
-
-        _stderr_console().print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=err.exit_code) from None
-    except KeyboardInterrupt:
-        _stderr_console().print("[yellow]interrupted[/]; partial work is kept and resumable")
-        raise typer.Exit(code=130) from None
+        if isinstance(err, FlareError):
+            _say_error(str(err))
+        else:
+            what = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
+            _say_error(what)
+        raise typer.Exit(code=getattr(err, "exit_code", 1)) from None
+    except KeyboardInterrupt as err:
+        signal_name, code = ("SIGTERM", 143) if isinstance(err, _Terminated) else ("", 130)
+        what = f"interrupted ({signal_name})" if signal_name else "interrupted"
+        _stderr_console().print(f"[yellow]{what}[/]; partial work is kept and resumable", highlight=False)
+        raise typer.Exit(code=code) from None
 
 
 def _not_built(command: str, issue: str) -> None:
@@ -301,6 +370,15 @@ def _training_progress():
             _warn_truncation(record, "training")
         elif record.get("event") == "resume":
             console.print(f"[yellow]resuming[/] from {record['checkpoint']}", highlight=False)
+        elif record.get("event") == "skip_checkpoint":
+            from rich.markup import escape
+
+            console.print(f"[bold yellow]warning:[/] {escape(record['checkpoint'])} is unreadable "
+                          f"({escape(record['reason'])}); falling back to the one before it",
+                          highlight=False, soft_wrap=True)
+        elif record.get("event") == "overwrite":
+            console.print(f"--overwrite: removed the previous run's {', '.join(record['removed'])}",
+                          highlight=False, markup=False, soft_wrap=True)
 
     return on_log
 
@@ -359,13 +437,13 @@ def eval_(
         run_dir = Path(output_dir)
         if len(runs) > 1:
             run_dir = run_dir / _run_label(adapter_dir, run_method)
-        cfg = evaluate.EvalConfig(
+        cfg = run_stage(lambda: evaluate.EvalConfig(  # the config validates: its errors are one line too
             task=task, lang=lang, adapter=adapter_dir, base=base, task_adapter=task_adapter, method=run_method,
             data=data, split=split, output_dir=str(run_dir), batch_size=batch_size, max_new_tokens=max_new_tokens,
             limit=limit, predict=predict, task_options=task_options, mt_model=mt_model,
             back_translate_answers=back_translate_answers, qa_metric=qa_metric, data_config=data_config,
             columns=columns, max_length=max_length,
-        )
+        ))
         results.append(run_stage(lambda: _eval_with_progress(evaluate, cfg)))
     metrics = [r.metrics for r in results]
     for m in metrics:
@@ -444,11 +522,11 @@ def merge(
     """Fold a LoRA adapter into its base (FLARE adapters are refused unless asked explicitly)."""
     from flare_cli import export
 
-    cfg = export.MergeConfig(
+    cfg = run_stage(lambda: export.MergeConfig(
         adapter=adapter, output_dir=output_dir, base=base, task_adapter=task_adapter,
         no_task_adapter=no_task_adapter, max_shard_size=max_shard_size,
         drop_pivot=drop_pivot, dequantize=dequantize, overwrite=overwrite,
-    )
+    ))
     result = run_stage(lambda: export.run(cfg))
     for line in result.warnings:
         _stderr_console().print(f"[bold yellow]warning:[/] {line}", highlight=False)

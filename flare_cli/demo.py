@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from flare_cli.errors import ConfigError
+from flare_cli.fsutil import check_output_dir
 
 # Methods the demo compares, in table order.
 EVAL_METHODS = ("zero-shot", "translate-test", "lora", "flare")
@@ -87,6 +88,9 @@ class DemoConfig:
             raise ConfigError(f"unknown task {self.task!r} for the demo; choose qa, nli or sentiment")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError("--eval-limit must be at least 1")
+        check_output_dir(self.workdir, "--workdir")
+        if self.world_root:
+            check_output_dir(self.world_root, "--world-root")
 
 
 @dataclass

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from flare_cli.errors import ConfigError, ModelError
+from flare_cli.fsutil import atomic_write_text as write_text_atomic
+from flare_cli.fsutil import check_output_dir
 from flare_cli.tasks import Task, get_task
 
 METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt")
@@ -65,6 +65,17 @@ class EvalConfig:
     data_config: Optional[str] = None  # Hub config of --data
     columns: Optional[str] = None  # "ours=theirs,..." column mapping
     max_length: Optional[int] = None  # prompt tokens kept (from the end, as in training); None: no cut
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lang:
+            from flare_cli.languages import resolve
+
+            resolve(self.lang)  # an unknown code fails now, not after the model has loaded
+        check_output_dir(self.output_dir, "--output-dir")
 
 
 # -- generation core ----------------------------------------------------------------------------
@@ -292,9 +303,11 @@ def _load_base(name_or_path: str, task_adapter: Optional[str], dtype: str, task:
 def _attach_lora(model, adapter_dir: str):
     from peft import PeftModel
 
+    from safetensors import SafetensorError
+
     try:
         return PeftModel.from_pretrained(model, adapter_dir)
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: truncated
         raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({str(err).splitlines()[0]})") from None
 
 
@@ -387,17 +400,6 @@ def _answer_translator(task: Task, resolved: _Resolved, cfg: EvalConfig):
                                cache_dir=Path(cfg.output_dir) / ".flare_cache")
 
     return translator, mt_model
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> EvalResult:

@@ -7,16 +7,18 @@ and then says so in the result and in the card.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flare_cli import __version__
 from flare_cli.errors import ConfigError, DataError, MergeError, ModelError
+from flare_cli.fsutil import (
+    check_output_dir, give_usual_modes, make_temp_dir, overlaps, remove_tree, stale_temp_dirs,
+)
 
 FLARE_METHODS = frozenset({"flare", "flare-mt"})
 # Tensors only FLARE layers use; plain peft ignores them (the pivot-less model).
@@ -40,6 +42,20 @@ class MergeConfig:
     drop_pivot: bool = False
     dequantize: bool = False
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.adapter, self.output_dir = Path(self.adapter), Path(self.output_dir)
+        check_output_dir(self.output_dir, "--output-dir")
+        if self.no_task_adapter and self.task_adapter:
+            raise ConfigError("--task-adapter and --no-task-adapter contradict each other; pass one")
+
+
+# What `flare merge` writes; --overwrite replaces a folder holding only these, never anything else.
+MERGE_OUTPUT_PATTERNS = (
+    "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json", "README.md",
+    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*", "*.model", "vocab*",
+    "merges.txt",
+)
 
 
 @dataclass
@@ -161,14 +177,15 @@ def run(cfg: MergeConfig) -> MergeResult:
         raise ConfigError(f"--drop-pivot is only for FLARE adapters; {adapter} is a plain LoRA adapter ({method})")
 
     out = Path(cfg.output_dir)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ConfigError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    if out.resolve() == adapter.resolve():
-        raise ConfigError("--output-dir must differ from --adapter")
-
     base = cfg.base or adapter_config.get("base_model_name_or_path")
     if not base:
         raise ConfigError(f"{adapter / 'adapter_config.json'} names no base model; pass --base")
+    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or flare.get("task_adapter"))
+    # never write over (or into) what this merge reads
+    for option, source in (("--adapter", adapter), ("--base", base), ("--task-adapter", task_adapter)):
+        if source and Path(source).exists():
+            _refuse_overlap(out, Path(source), option)
+    _check_output(out, cfg.overwrite)
     base_config = _load_base_config(base)
     if _is_quantized(base_config) and not cfg.dequantize:
         raise MergeError(
@@ -184,7 +201,6 @@ def run(cfg: MergeConfig) -> MergeResult:
             "it is NOT the trained model (run `flare eval` on both to measure the difference)"
         )
 
-    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or flare.get("task_adapter"))
     if task_adapter and not (Path(task_adapter) / "adapter_config.json").is_file():
         raise ConfigError(
             f"the adapter was trained on base + task adapter {task_adapter}, which is not an adapter folder here; "
@@ -194,24 +210,16 @@ def run(cfg: MergeConfig) -> MergeResult:
     model = _load_base(base, dtype, dequantize=_is_quantized(base_config), flare=flare)
     if task_adapter:
         model = _merge_task_adapter(model, task_adapter)
+    _check_same_base(adapter, flare, base, model)
     merged = _fold_adapter(model, adapter, lora_config, lora_state)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        try:
-            merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)
-        except ValueError as err:
-            raise ConfigError(f"bad --max-shard-size {cfg.max_shard_size!r}: {_first_line(err)}") from None
-        _copy_tokenizer(adapter, base, tmp)
-        card = build_model_card(
-            adapter, base_model=base, relation="merge", dropped_pivot=cfg.drop_pivot, merged_dtype=str(dtype)
-        )
-        card.save(tmp / "README.md")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    leftovers = stale_temp_dirs(out.parent, out.name)  # a killed merge's full-model copies
+    for stale in leftovers:
+        remove_tree(stale)
+    if leftovers:
+        warnings.append(f"removed {len(leftovers)} unfinished folder(s) of an interrupted merge next to {out} "
+                        f"({', '.join(p.name for p in leftovers)})")
+    _write_merged(cfg, merged, adapter, base, dtype, out)
     files = sorted(p.name for p in out.iterdir() if p.is_file())
     return MergeResult(
         output_dir=out,
@@ -225,18 +233,94 @@ def run(cfg: MergeConfig) -> MergeResult:
     )
 
 
+def _check_output(out: Path, overwrite: bool) -> None:
+    """A non-empty --output-dir needs --overwrite, and then may hold only a merged model's files."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    foreign = [p.name for p in out.iterdir()
+               if p.is_dir() or not any(fnmatch.fnmatch(p.name, pat) for pat in MERGE_OUTPUT_PATTERNS)]
+    if foreign:
+        raise ConfigError(
+            f"--overwrite replaces only a merged model folder; {out} also holds {sorted(foreign)[0]!r}, "
+            "which flare merge did not write: move it or pick another --output-dir"
+        )
+
+
+def _refuse_overlap(out: Path, source: Path, option: str) -> None:
+    if overlaps(out, source):
+        raise ConfigError(f"--output-dir {out} overlaps {option} {source}; write the merged model elsewhere")
+
+
+def base_fingerprint(model) -> dict:
+    """A short identity of base weights: shape settings + 64 values spread over the input
+    embedding (robust to fp32/bf16 rounding), so a merge can tell another base of the same shape."""
+    import torch
+
+    config = model.config
+    shape = {k: getattr(config, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")}
+    weight = model.get_input_embeddings().weight.detach().reshape(-1)
+    index = torch.linspace(0, weight.numel() - 1, 64).long()
+    values = weight[index.to(weight.device)].float().cpu()
+    return {**shape, "scale": float(weight.float().std()), "sample": [round(float(v), 6) for v in values]}
+
+
+def fingerprints_match(a: dict, b: dict) -> bool:
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
+    if any(a.get(k) != b.get(k) for k in keys) or len(a.get("sample", ())) != len(b.get("sample", ())):
+        return False
+    tolerance = 0.02 * max(a.get("scale") or 0.0, 1e-8)  # bf16 keeps ~0.4% of a value
+    return all(abs(x - y) <= tolerance for x, y in zip(a["sample"], b["sample"]))
+
+
+def _check_same_base(adapter: Path, flare: dict, base: str, model) -> None:
+    """Refuse to merge into weights other than those the adapter was trained on."""
+    recorded = flare.get("base_fingerprint")
+    if not isinstance(recorded, dict):
+        return  # adapters from flare_cli < 0.2 or plain peft record none
+    if not fingerprints_match(recorded, base_fingerprint(model)):
+        trained_on = flare.get("base_model") or "another base"
+        raise MergeError(
+            f"{adapter} was trained on {trained_on}, and the weights of {base} are not that model's (same "
+            "shape, different values); merging would give a model nobody trained. Pass the base it was trained on"
+        )
+
+
+def _write_merged(cfg: MergeConfig, merged, adapter: Path, base: str, dtype, out: Path) -> None:
+    """Save into a temp folder next to ``out``; swap it in only once it is complete."""
+    tmp = make_temp_dir(out.parent, out.name)
+    try:
+        try:
+            merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)
+        except ValueError as err:
+            raise ConfigError(f"bad --max-shard-size {cfg.max_shard_size!r}: {_first_line(err)}") from None
+        _copy_tokenizer(adapter, base, tmp)
+        card = build_model_card(
+            adapter, base_model=base, relation="merge", dropped_pivot=cfg.drop_pivot, merged_dtype=str(dtype)
+        )
+        card.save(tmp / "README.md")
+        give_usual_modes(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+
+
 def _merge_task_adapter(model, task_adapter: str):
     """Fold the stage-1 task LoRA in first: the stage-3 adapter was trained on top of it."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     try:
         return PeftModel.from_pretrained(model, task_adapter).merge_and_unload()
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
         raise ModelError(f"cannot merge task adapter {task_adapter}: {_first_line(err)}") from None
 
 
 def _load_base(base: str, dtype, *, dequantize: bool, flare: dict | None = None):
     """The base as trained: a causal LM, or an encoder with the head (and labels) its adapter records."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     from flare_cli.flare.encoder import HEADS, load_encoder
@@ -251,7 +335,7 @@ def _load_base(base: str, dtype, *, dequantize: bool, flare: dict | None = None)
             model = model.dequantize()
     except ImportError as err:  # e.g. bitsandbytes missing for a quantized base
         raise ModelError(f"cannot load base model {base}: {_first_line(err)}") from None
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # SafetensorError: a truncated shard
         raise ModelError(f"cannot load base model {base}: {_first_line(err)}") from None
     return model
 
@@ -317,11 +401,11 @@ def _replace_dir(new: Path, out: Path) -> None:
     """Put `new` at `out`; an old `out` is moved aside first and removed only after the swap."""
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")  # fsutil.stale_temp_dirs knows this name
         os.replace(out, old)
     os.replace(new, out)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
 
 
 # --------------------------------------------------------------------------- model card

@@ -17,6 +17,7 @@ only rank 0 writes files and logs; ``--batch-size`` stays the global batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -28,13 +29,29 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from flare_cli.config import dump_yaml, public_dict
-from flare_cli.errors import ConfigError
+from flare_cli.errors import ConfigError, DataError
+from flare_cli.fsutil import (
+    LOCK_NAME, atomic_copy, atomic_write_text, check_output_dir, give_usual_modes, remove_tree, run_lock,
+)
 
 RESULT_NAME = "train_result.json"
 # Prompt tokens kept per task when --max-length is not given (docs/tasks.md, "Truncation"): QA
 # prompts carry a whole TyDiQA-GoldP passage, classification prompts a sentence or two.
 DEFAULT_MAX_LENGTH = {"qa": 512, "nli": 256, "sentiment": 256, "custom": 512}
-OWN_FILES = {"train_config.yaml", "trainer_log.jsonl", "checkpoints", RESULT_NAME}
+CONFIG_NAME = "train_config.yaml"
+LOG_NAME = "trainer_log.jsonl"
+# Files only `flare train` writes: a folder holding none of them is someone else's.
+OWN_FILES = {CONFIG_NAME, LOG_NAME, "checkpoints", RESULT_NAME, LOCK_NAME}
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "flare_config.json")
+# What tokenizer.save_pretrained may write, for runs whose train_result.json lists no files.
+TOKENIZER_FILES = {
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "sentencepiece.bpe.model",
+    "spiece.model", "vocab.txt",
+}
+# Settings a resumed run may change: they do not change what is trained.
+RESUMABLE_CHANGES = {"overwrite", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "device_map",
+                     "gradient_checkpointing"}
 
 
 @dataclass
@@ -95,19 +112,55 @@ class TrainConfig:
             raise ConfigError("--mt-model/--mt-revision are for --method flare-mt only")
         if self.mt_projection not in ("shared", "per-layer"):
             raise ConfigError(f"--mt-projection must be shared or per-layer, got {self.mt_projection!r}")
+        for name in ("r", "batch_size", "micro_batch_size", "max_length", "logging_steps", "lora_alpha"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:  # (max_length None: the task's default)
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}"
             )
         if self.max_length is None:
             self.max_length = DEFAULT_MAX_LENGTH.get(self.task, 512)
-        for name in ("r", "batch_size", "micro_batch_size", "max_length", "logging_steps"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.learning_rate <= 0:
-            raise ConfigError("--learning-rate must be positive")
-        if isinstance(self.fused_layers, str):
-            self.fused_layers = [int(x) for x in self.fused_layers.split(",") if x.strip()]
+            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"--max-steps must be positive, got {self.max_steps} (leave it out to train --epochs)")
+        if not self.epochs > 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        for name in ("eval_steps", "save_steps", "limit"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.save_total_limit < 1:
+            raise ConfigError(f"--save-total-limit must be at least 1, got {self.save_total_limit}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must not be negative, got {self.weight_decay}")
+        self.fused_layers = _layer_list(self.fused_layers)
+        check_output_dir(self.output_dir, "--output-dir")
+
+
+def _layer_list(value: Any) -> Optional[list[int]]:
+    """--fused-layers "0,2" (or a YAML list) -> [0, 2]; ConfigError on anything but layer numbers."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        items = [items]
+    layers = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise ConfigError(f"--fused-layers takes comma-separated layer numbers (0, 1, ...), got {value!r}")
+        layers.append(int(text))
+    if not layers:
+        raise ConfigError(f"--fused-layers names no layer ({value!r}); leave it out to fuse every layer")
+    return layers
 
 
 @dataclass
@@ -133,21 +186,69 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_output_dir(cfg: TrainConfig) -> Optional[dict]:
-    """Refuse foreign folders; return a finished run's result; wipe on --overwrite."""
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _inspect_output_dir(cfg: TrainConfig) -> Optional[dict]:
+    """Read-only look at --output-dir: refuse someone else's folder and a resume with changed
+    settings; return a finished run's train_result.json (None when there is work to do)."""
     out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output-dir {out} is a file")
-    if out.exists() and cfg.overwrite:
-        shutil.rmtree(out)
-    if out.is_dir() and any(out.iterdir()):
-        names = {p.name for p in out.iterdir()}
-        if not names & OWN_FILES:
-            raise ConfigError(f"--output-dir {out} holds other files ({sorted(names)[0]}, ...); pick an empty folder")
-        if (out / RESULT_NAME).is_file():
-            return json.loads((out / RESULT_NAME).read_text(encoding="utf-8"))
-    out.mkdir(parents=True, exist_ok=True)
-    return None
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    names = {p.name for p in out.iterdir()}
+    if not names & OWN_FILES:
+        raise ConfigError(f"--output-dir {out} holds other files ({sorted(names)[0]}, ...); pick an empty folder")
+    if cfg.overwrite:
+        return None
+    finished = _read_json(out / RESULT_NAME)
+    if finished is not None or _checkpoints(out):
+        changed = _changed_settings(out, cfg)
+        if changed:
+            what = "was trained" if finished is not None else "holds a run to resume"
+            raise ConfigError(
+                f"--output-dir {out} {what} with other settings ({', '.join(changed)}); pass --overwrite to "
+                "start over, or pick another folder"
+            )
+    return finished
+
+
+def _changed_settings(out: Path, cfg: TrainConfig) -> list[str]:
+    """Settings that differ from the saved train_config.yaml, as `name: old -> new`."""
+    import yaml
+
+    try:
+        old = yaml.safe_load((out / CONFIG_NAME).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    new = yaml.safe_load(dump_yaml(public_dict(cfg)))  # through YAML, as saved
+    keys = [k for k in new if k not in RESUMABLE_CHANGES and k in old and old[k] != new[k]]
+    return [f"{k.replace('_', '-')}: {old[k]!r} -> {new[k]!r}" for k in keys]
+
+
+def _flare_files(out: Path) -> list[Path]:
+    """What earlier `flare train` runs wrote in ``out`` (never anything else)."""
+    finished = _read_json(out / RESULT_NAME) or {}
+    written = set(finished.get("files") or ()) or TOKENIZER_FILES
+    names = (OWN_FILES - {LOCK_NAME}) | set(ADAPTER_FILES) | written
+    return [p for p in out.iterdir()
+            if p.name in names or (p.name.startswith(".") and p.name.endswith(".tmp"))]
+
+
+def _remove_previous_run(out: Path) -> list[str]:
+    """--overwrite: delete the earlier run's files, keep every file flare did not write."""
+    removed = []
+    for path in _flare_files(out):
+        if path.is_dir() and not path.is_symlink():
+            remove_tree(path)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return sorted(removed)
 
 
 def task_options(cfg: TrainConfig) -> dict:
@@ -182,15 +283,10 @@ def _mt_revision(cfg: TrainConfig) -> Optional[str]:
     return resolved_revision(cfg.mt_model, cfg.mt_revision)
 
 
-def _latest_checkpoint(out: Path) -> Optional[Path]:
+def _checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints (state.json is written last), newest first."""
     done = [p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1])) if done else None
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
 
 def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit: int) -> Path:
@@ -204,7 +300,8 @@ def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit:
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}, tmp / "rng.pt")
-    _atomic_text(tmp / "state.json", json.dumps(state, indent=2))  # last: marks the checkpoint complete
+    give_usual_modes(tmp)  # safetensors writes 0600 files
+    atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))  # last: marks the checkpoint complete
     shutil.rmtree(ckpt, ignore_errors=True)
     os.replace(tmp, ckpt)
     keep = {state.get("best_step"), state["step"]}
@@ -215,18 +312,72 @@ def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit:
     return ckpt
 
 
+class _UnusableCheckpoint(Exception):
+    pass
+
+
+def _read_checkpoint(ckpt: Path) -> dict:
+    """Every file of a checkpoint, read before anything is applied (a bad file changes nothing)."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return {
+            "adapter": load_file(str(ckpt / "adapter_model.safetensors")),
+            "optimizer": torch.load(ckpt / "optimizer.pt", weights_only=True),
+            "scheduler": torch.load(ckpt / "scheduler.pt", weights_only=True),
+            "rng": torch.load(ckpt / "rng.pt", weights_only=True),
+            "state": json.loads((ckpt / "state.json").read_text(encoding="utf-8")),
+        }
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, KeyError) as err:
+        text = str(err).strip().splitlines()
+        raise _UnusableCheckpoint(text[0] if text else type(err).__name__) from None
+
+
 def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path) -> dict:
     import torch
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    set_peft_model_state_dict(fm.peft_model, load_file(str(ckpt / "adapter_model.safetensors")))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    rng = torch.load(ckpt / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    random.setstate((3, tuple(rng["python"]), None))
-    return json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    saved = _read_checkpoint(ckpt)
+    try:
+        set_peft_model_state_dict(fm.peft_model, saved["adapter"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise _UnusableCheckpoint(str(err).strip().splitlines()[0]) from None
+    torch.set_rng_state(saved["rng"]["torch"])
+    random.setstate((3, tuple(saved["rng"]["python"]), None))
+    return saved["state"]
+
+
+def _resume(fm, optimizer, scheduler, out: Path, on_log: Callable[[dict], None]) -> Optional[dict]:
+    """Load the newest checkpoint that reads back; a damaged one (a disk error, a kill the OS did
+    not flush) is skipped, and said so, in favour of the one before it."""
+    for ckpt in _checkpoints(out):
+        try:
+            state = _load_checkpoint(fm, optimizer, scheduler, ckpt)
+        except _UnusableCheckpoint as err:
+            on_log({"event": "skip_checkpoint", "checkpoint": str(ckpt), "reason": str(err)})
+            continue
+        on_log({"event": "resume", "step": state["step"], "checkpoint": str(ckpt)})
+        return state
+    return None
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log records up to the resumed step: the steps after it are trained again."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut by a kill
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -279,21 +430,21 @@ def _accumulation_group(micro: int, accum: int, micro_per_epoch: int) -> list[in
     return list(range(micro, end))
 
 
-def _read_finished(out: Path) -> Optional[dict]:
-    path = out / RESULT_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+def _check_layers(cfg: TrainConfig, model) -> None:
+    n = getattr(model.config, "num_hidden_layers", None)
+    bad = [i for i in cfg.fused_layers or () if n is not None and i >= n]
+    if bad:
+        raise ConfigError(f"--fused-layers {bad[0]}: the base has {n} decoder layers (0-{n - 1})")
+
+
+def _finished_result(record: dict) -> TrainResult:
+    names = {f.name for f in dataclasses.fields(TrainResult)}
+    return TrainResult(**{**{k: v for k, v in record.items() if k in names}, "already_complete": True})
 
 
 def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> TrainResult:
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
     from flare_cli.distributed import Dist
-    from flare_cli.encode import build_examples, collate, truncation_report
-    from flare_cli.flare import FlareConfig, get_flare_model
-    from flare_cli.flare.encoder import encoder_meta, family_defaults, model_family
     from flare_cli.languages import resolve
-    from flare_cli.modeling import load_base_model, pick_device
     from flare_cli.tasks.registry import get_task
 
     on_log = on_log or (lambda record: None)
@@ -306,16 +457,45 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     if dist.world_size > 1 and cfg.batch_size % (cfg.micro_batch_size * dist.world_size):
         raise ConfigError(f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size "
                           f"{cfg.micro_batch_size} x {dist.world_size} processes")
-    finished = _prepare_output_dir(cfg) if dist.is_main else None
-    dist.barrier()  # rank 0 has checked, wiped (--overwrite) or created the folder
     out = Path(cfg.output_dir)
     if not dist.is_main:
-        finished = _read_finished(out)
-    if finished is not None:
-        return TrainResult(**{**finished, "already_complete": True})
+        dist.barrier()  # rank 0 has checked the folder
+        finished = None if cfg.overwrite else _read_json(out / RESULT_NAME)
+        if finished is not None:
+            return _finished_result(finished)
+        return _train(cfg, task, dist, out, on_log)
+    _inspect_output_dir(cfg)  # someone else's folder is refused before we put a lock file in it
+    created, had_lock_file = not out.exists(), (out / LOCK_NAME).exists()
+    with run_lock(out, "flare train"):  # a second run into this folder is refused, not interleaved
+        try:
+            finished = _inspect_output_dir(cfg)  # again: the folder may have changed meanwhile
+            dist.barrier()
+            if finished is not None:
+                return _finished_result(finished)
+            return _train(cfg, task, dist, out, on_log)
+        except BaseException:
+            if {p.name for p in out.iterdir()} <= {LOCK_NAME} and not had_lock_file:
+                # a start that failed before writing anything leaves the folder as it found it
+                remove_tree(out) if created else (out / LOCK_NAME).unlink(missing_ok=True)
+            raise
 
+
+def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], None]) -> TrainResult:
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from flare_cli.encode import build_examples, collate, truncation_report
+    from flare_cli.export import base_fingerprint
+    from flare_cli.flare import FlareConfig, get_flare_model
+    from flare_cli.flare.encoder import encoder_meta, family_defaults, model_family
+    from flare_cli.modeling import load_base_model, pick_device
+
+    # Everything that can fail on bad input (data, model, adapter settings) runs before the first
+    # write, so a typo never costs the run that is in the folder.
     rows = _load_rows(cfg, cfg.data, cfg.split, task)
     val_rows = _load_rows(cfg, cfg.validation_data, "validation", task) if cfg.validation_data else []
+    if not rows:
+        raise DataError(f"{cfg.data or task.hub_id or cfg.task}: no training rows")
     _seed_everything(cfg.seed)
     device = dist.device or (pick_device() if not cfg.device_map else None)
     device_map = cfg.device_map
@@ -345,9 +525,14 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
         source_norm=cfg.source_norm, mt_model=cfg.mt_model, mt_projection=cfg.mt_projection,
         mt_revision=_mt_revision(cfg) if mt_encoder is not None else None,
         meta={"base_model": cfg.base, "task": cfg.task, "lang": cfg.lang, "task_adapter": cfg.task_adapter,
-              "train_data": cfg.data, **(encoder_meta(model, task, cfg.max_length) if family == "encoder" else {})},
+              "train_data": cfg.data, "base_fingerprint": base_fingerprint(model),
+              **(encoder_meta(model, task, cfg.max_length) if family == "encoder" else {})},
     )
-    fm = get_flare_model(model, flare_config, mt_encoder=mt_encoder)
+    _check_layers(cfg, model)
+    try:
+        fm = get_flare_model(model, flare_config, mt_encoder=mt_encoder)
+    except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+        raise ConfigError(f"--target-modules {cfg.target_modules}: {str(err).strip().splitlines()[0]}") from None
     if cfg.gradient_checkpointing:
         fm.gradient_checkpointing_enable()  # each recomputed layer gets its own forward's pivot back
     device = device or next(fm.parameters()).device
@@ -367,21 +552,26 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
+    if dist.is_main and cfg.overwrite:
+        removed = _remove_previous_run(out)
+        if removed:
+            on_log({"event": "overwrite", "removed": removed})
+    dist.barrier()  # rank 0 has removed the old run (--overwrite) before anyone looks for checkpoints
     if dist.is_main:
-        _atomic_text(out / "train_config.yaml", f"# flare train -c train_config.yaml\n{dump_yaml(public_dict(cfg))}")
+        atomic_write_text(out / CONFIG_NAME, f"# flare train -c {CONFIG_NAME}\n{dump_yaml(public_dict(cfg))}")
     state = {"step": 0, "micro": 0, "best_loss": None, "best_step": None, "train_loss": None}
+    resumed = _resume(fm, optimizer, scheduler, out, on_log if dist.is_main else (lambda record: None))
     resumed_from = None
-    ckpt = _latest_checkpoint(out)
-    if ckpt is not None:
-        state = _load_checkpoint(fm, optimizer, scheduler, ckpt)
+    if resumed is not None:
+        state = resumed
         resumed_from = state["step"]
         if dist.is_main:
-            on_log({"event": "resume", "step": state["step"], "checkpoint": str(ckpt)})
+            _truncate_log(out / LOG_NAME, state["step"])
     elif dist.is_main:
-        (out / "trainer_log.jsonl").unlink(missing_ok=True)
+        (out / LOG_NAME).unlink(missing_ok=True)
     eval_every = cfg.eval_steps or max(1, total_steps // 4)
     save_every = cfg.save_steps or eval_every
-    log_path = out / "trainer_log.jsonl"
+    log_path = out / LOG_NAME
     start = time.time()
     start_step = state["step"]
     running, running_n = 0.0, 0
@@ -454,12 +644,12 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
     )
     if dist.is_main:
         final = out / "checkpoints" / f"checkpoint-{state['best_step'] or state['step']}"
-        for name in ("adapter_model.safetensors", "adapter_config.json", "flare_config.json"):
-            tmp = out / f".{name}.tmp"
-            shutil.copyfile(final / name, tmp)
-            os.replace(tmp, out / name)
-        tokenizer.save_pretrained(str(out))
+        for name in ADAPTER_FILES:
+            atomic_copy(final / name, out / name)
+        saved = tokenizer.save_pretrained(str(out))
         record = {k: v for k, v in result.__dict__.items() if k not in ("log", "already_complete")}
-        _atomic_text(out / RESULT_NAME, json.dumps(record, indent=2))
+        # what this run wrote besides OWN_FILES, so that --overwrite removes exactly these
+        record["files"] = sorted(set(ADAPTER_FILES) | {Path(f).name for f in saved if Path(f).parent == out})
+        atomic_write_text(out / RESULT_NAME, json.dumps(record, indent=2))
     dist.barrier()  # every rank returns once the run is complete on disk
     return result

@@ -20,7 +20,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Callable, Iterable, Protocol
 from flare_cli import __version__
 from flare_cli.config import flare_home
 from flare_cli.errors import ConfigError, DataError, ModelError
+from flare_cli.fsutil import atomic_write_bytes, check_output_dir, check_output_file
 from flare_cli.languages import Language, resolve
 from flare_cli.metrics import reference_scores, reference_texts
 from flare_cli.mt_cache import TranslationCache, cache_key
@@ -142,20 +142,6 @@ def _parse_csv(text: str, name: str) -> list[dict]:
         return [dict(row) for row in csv.DictReader(io.StringIO(text))]
     except csv.Error as err:
         raise DataError(f"{name}: not valid CSV ({err})") from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def encode_rows(rows: list[dict], fmt: str) -> bytes:
@@ -412,12 +398,39 @@ def _validate(cfg: TranslateConfig) -> tuple[tuple[str, ...], Language, Language
                              ("batch_tokens", cfg.batch_tokens, 1), ("max_input_tokens", cfg.max_input_tokens, 8)):
         if value < low:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if cfg.output != "-":
+        check_output_file(cfg.output, "--output")
+        if cfg.input != "-" and Path(cfg.input).resolve() == Path(cfg.output).resolve():
+            raise ConfigError(f"--output {cfg.output} is the --input file; write the translation to another file")
+    if cfg.cache_dir:
+        check_output_dir(cfg.cache_dir, "--cache-dir")
+    _check_device(cfg.device)
     target = resolve(cfg.lang)
     english = resolve("en")
     if target == english:
         raise ConfigError("--lang is the non-English side of the translation; got English")
     src, tgt = (english, target) if cfg.direction == "train" else (target, english)
     return fields, src, tgt
+
+
+def _check_device(device: str) -> None:
+    """--device names a device this machine has (else one line now, not a CUDA trace after loading)."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"unknown --device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: no CUDA device is available here; use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"--device {device}: only {count} CUDA device(s) here (cuda:0 to cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu or auto")
 
 
 def _check_rows(rows: list[dict], fields: tuple[str, ...], needs_answer: bool, name: str) -> None:
@@ -469,7 +482,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFT
         sys.stdout.buffer.flush()
     else:
         out_path = Path(cfg.output)
-        _atomic_write(out_path, encode_rows(out_rows, out_fmt))
+        atomic_write_bytes(out_path, encode_rows(out_rows, out_fmt))
         meta_path = str(out_path) + ".meta.json"
         meta = {
             "flare_cli_version": __version__,
@@ -490,7 +503,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFT
             "on_projection_failure": cfg.on_projection_failure if qa_train else None,
             **({"quality": quality} if quality else {}),
         }
-        _atomic_write(Path(meta_path), (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
+        atomic_write_bytes(Path(meta_path), (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
 
     return TranslateResult(
         output=cfg.output, meta_path=meta_path, src=src.flores, tgt=tgt.flores, rows_in=len(rows),

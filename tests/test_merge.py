@@ -156,9 +156,16 @@ def test_existing_output_is_kept(world, tmp_path):
     res = merge("--adapter", world["lora"], "--output-dir", out)
     assert res.exit_code == 2 and "--overwrite" in err(res)
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces a merged model, never a folder holding files flare merge did not write
+    res = merge("--adapter", world["lora"], "--output-dir", out, "--overwrite")
+    assert res.exit_code == 2 and "'keep.txt', which flare merge did not write" in err(res)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert merge("--adapter", world["lora"], "--output-dir", out).exit_code == 0
+    first = (out / "config.json").stat().st_ino
     res = merge("--adapter", world["lora"], "--output-dir", out, "--overwrite")
     assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert (out / "config.json").stat().st_ino != first  # a fresh folder swapped in
 
 
 def test_bad_adapter_folders(world, tmp_path):

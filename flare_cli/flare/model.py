@@ -166,12 +166,9 @@ def read_flare_config(adapter_dir: Union[str, Path]) -> Optional[dict[str, Any]]
 
 
 def write_json_atomic(path: Union[str, Path], data: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+    from flare_cli.fsutil import atomic_write_json
+
+    atomic_write_json(path, data, indent=2, sort_keys=True)
 
 
 PACKED_PARTS = {"q_proj": "q", "k_proj": "k", "v_proj": "v"}
@@ -297,6 +294,7 @@ def load_flare_model(
     flare_config.json unless ``mt_encoder`` is given.
     """
     from peft import LoraConfig, PeftModel
+    from safetensors import SafetensorError
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -324,7 +322,7 @@ def load_flare_model(
             peft_model = PeftModel.from_pretrained(
                 model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
             )
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: truncated file
         raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
     _restore_flare_tensors(peft_model, adapter_dir, adapter_name)
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
