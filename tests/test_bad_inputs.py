@@ -129,7 +129,7 @@ CASES = [
     ("fused-layers-letters", lambda w: train(w, "--method", "flare", "--fused-layers", "a,b"), 2, "--fused-layers"),
     ("fused-layers-out-of-range", lambda w: train(w, "--method", "flare", "--fused-layers", "0,9"), 2,
      "--fused-layers 9"),
-    ("target-modules-nosuch", lambda w: train(w, "--target-modules", "nosuch"), 2, "--target-modules nosuch"),
+    ("target-modules-nosuch", lambda w: train(w, "--target-modules", "nosuch"), 2, "target modules ['nosuch'] not found in LlamaForCausalLM"),
     ("train-data-typo", lambda w: train(w, "--data", str(w / "trian.jsonl")), 2, "{root}/trian.jsonl: no such file"),
     # eval
     ("eval-unknown-lang", lambda w: evaluate(w, "--lang", "xx"), 2, "unknown language code 'xx'"),
