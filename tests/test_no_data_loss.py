@@ -69,7 +69,7 @@ def test_overwrite_with_a_typo_keeps_the_finished_run(world, finished, tmp_path)
     result = invoke(train_argv(world, run, "--overwrite", "--data", str(world / "trian.jsonl")))
     assert result.exit_code == 2 and "trian.jsonl: no such file" in result.stderr
     result = invoke(train_argv(world, run, "--overwrite", "--target-modules", "nosuch"))  # fails after loading
-    assert result.exit_code == 2 and "--target-modules nosuch" in result.stderr
+    assert result.exit_code == 2 and "target modules ['nosuch'] not found" in result.stderr
     assert tree_state(run) == before
 
 
