@@ -59,6 +59,8 @@ class EvalConfig:
     # translate-test on free-text answers (QA): the English answer is translated back into the
     # target language before scoring, as the gold answer is in the target language.
     back_translate_answers: bool = True
+    mt_engine: str = "transformers"  # engine and precision of on-the-fly translation (flare_cli.mt_engines)
+    mt_compute_type: str = "auto"
     dtype: str = "auto"
 
 
@@ -310,7 +312,8 @@ def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalC
     settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
     mt_model = cfg.mt_model or settings.get("mt_model") or settings.get("meta", {}).get("mt_model") or DEFAULT_MT_MODEL
     translate_pivots(rows, task.input_fields, lang=resolved.lang, mt_model=mt_model,
-                     cache_dir=Path(cfg.output_dir) / ".flare_cache")
+                     cache_dir=Path(cfg.output_dir) / ".flare_cache", mt_engine=cfg.mt_engine,
+                     compute_type=cfg.mt_compute_type)
     task.require_pivots(rows, resolved.source)
     return mt_model
 
@@ -331,7 +334,8 @@ def _answer_translator(task: Task, resolved: _Resolved, cfg: EvalConfig):
 
     def translator(answers: list[str]) -> list[str]:
         return translate_texts(answers, lang=resolved.lang, direction="train", mt_model=mt_model,
-                               cache_dir=Path(cfg.output_dir) / ".flare_cache")
+                               cache_dir=Path(cfg.output_dir) / ".flare_cache", mt_engine=cfg.mt_engine,
+                               compute_type=cfg.mt_compute_type)
 
     return translator, mt_model
 
