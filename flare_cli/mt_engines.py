@@ -207,6 +207,10 @@ class HFTranslator(_TokenizerMixin):
                 num_beams=num_beams,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                # Beam search ends once num_beams hypotheses are finished: fairseq's rule, NLLB's own
+                # decoder and CTranslate2's, so both engines give the same beams. (generate's default
+                # heuristic searches on and can pick a different, rarely better, hypothesis.)
+                early_stopping=True,
             )
         pad = self.tokenizer.pad_token_id
         generated = int((out[:, 1:] != pad).sum())
