@@ -19,13 +19,14 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Protocol
 
 from flare_cli.config import flare_home
 from flare_cli.errors import ConfigError, ModelError
-from flare_cli.languages import Language
+from flare_cli.languages import Language, resolve
 
 ENGINES = ("transformers", "ctranslate2")
 # Precisions per engine; "auto" picks float32 on CPU (identical outputs) and a half type on GPU.
@@ -110,6 +111,18 @@ def is_ct2_model(path: str | Path) -> bool:
     return "model_type" not in config and "architectures" not in config
 
 
+def mt_lang_code(tokenizer, lang, model_id: str = "MT model") -> str:
+    """The MT tokenizer's code for ``lang`` (a code or a ``languages.Language``): FLORES for NLLB
+    (``swh_Latn``), ISO 639-1 for M2M100 (``sw``)."""
+    language = resolve(lang) if isinstance(lang, str) else lang
+    unk = tokenizer.unk_token_id
+    if tokenizer.convert_tokens_to_ids(language.flores) not in (None, unk):
+        return language.flores
+    if hasattr(tokenizer, "get_lang_id") and language.iso1 and language.iso1 in getattr(tokenizer, "lang_code_to_id", {}):
+        return language.iso1
+    raise ModelError(f"MT model {model_id!r} has no language token for {language.flores} ({language.name})")
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -132,8 +145,6 @@ class _TokenizerMixin:
 
     def lang_code(self, lang: Language) -> str:
         """The tokenizer's code for `lang`: FLORES for NLLB, ISO 639-1 for M2M100."""
-        from flare_cli.flare.mt_encoder import mt_lang_code
-
         return mt_lang_code(self.tokenizer, lang, self.model_id)
 
     def _lang_token_id(self, code: str) -> int:
@@ -210,7 +221,7 @@ class HFTranslator(_TokenizerMixin):
                 # Beam search ends once num_beams hypotheses are finished: fairseq's rule, NLLB's own
                 # decoder and CTranslate2's, so both engines give the same beams. (generate's default
                 # heuristic searches on and can pick a different, rarely better, hypothesis.)
-                early_stopping=True,
+                **({"early_stopping": True} if num_beams > 1 else {}),  # greedy: generate warns on it
             )
         pad = self.tokenizer.pad_token_id
         generated = int((out[:, 1:] != pad).sum())
@@ -260,11 +271,11 @@ class CT2Translator(_TokenizerMixin):
             raise ConfigError(f"--compute-type {compute_type} is not supported by ctranslate2 on {self.device} "
                               f"(supported: {', '.join(sorted(supported))})")
         self.compute_type = compute_type
-        # As many threads as torch would use (it honours OMP_NUM_THREADS and torch.set_num_threads).
+        # As many threads as torch uses when it is loaded (the demo sets it), else OMP_NUM_THREADS,
+        # else ctranslate2's default (0); torch is not imported for this alone (seconds at start-up).
         if threads is None:
-            import torch
-
-            threads = torch.get_num_threads()
+            torch = sys.modules.get("torch")
+            threads = torch.get_num_threads() if torch else int(os.environ.get("OMP_NUM_THREADS") or 0)
         self.threads = threads
         self._translator = None
         self._decoding = _generation_defaults(model_id, None if self.prebuilt else revision)
