@@ -127,7 +127,7 @@ def translate(
     engine: str = typer.Option(
         "transformers", "--engine",
         help="transformers (generate), or ctranslate2: same float32 outputs, several times faster "
-        "(pip install 'flare-cli[ct2]'; the model is converted once and cached).",
+        "(pip install 'flare-cli\\[ct2]'; the model is converted once and cached).",
     ),
     compute_type: str = typer.Option(
         "auto", "--compute-type",

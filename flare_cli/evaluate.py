@@ -355,6 +355,9 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     """Resolve settings, load data and models, evaluate, write predictions.jsonl and metrics.json."""
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError("--limit must be at least 1")
+    from flare_cli.mt_engines import check_engine_options
+
+    check_engine_options(cfg.mt_engine, cfg.mt_compute_type)  # a missing MT engine fails before any model loads
     resolved = _resolve(cfg)
     task = resolved.task
     rows = task.load(cfg.data, resolved.lang, cfg.split, require_gold=not cfg.predict)

@@ -257,3 +257,13 @@ def test_ct2_engine_counts_tokens_like_the_hf_engine(tiny_mt):
     hf, ct2 = mt_engines.HFTranslator(str(tiny_mt)), mt_engines.CT2Translator(str(tiny_mt))
     assert ct2.count_tokens(TEXTS) == hf.count_tokens(TEXTS)
     assert ct2.lang_code(resolve("sw")) == "swh_Latn"
+
+
+def test_eval_with_a_missing_mt_engine_fails_before_loading_anything(tmp_path, monkeypatch):
+    from flare_cli import evaluate
+
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)
+    monkeypatch.setattr(evaluate, "_resolve", lambda cfg: pytest.fail("resolved settings before checking the engine"))
+    with pytest.raises(ConfigError, match=r"^the ctranslate2 engine is not installed: pip install 'flare-cli\[ct2\]'"):
+        evaluate.run(evaluate.EvalConfig(task="qa", lang="sw", data=str(tmp_path / "none.jsonl"),
+                                         mt_engine="ctranslate2", output_dir=str(tmp_path / "eval")))
