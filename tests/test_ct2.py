@@ -267,3 +267,23 @@ def test_eval_with_a_missing_mt_engine_fails_before_loading_anything(tmp_path, m
     with pytest.raises(ConfigError, match=r"^the ctranslate2 engine is not installed: pip install 'flare-cli\[ct2\]'"):
         evaluate.run(evaluate.EvalConfig(task="qa", lang="sw", data=str(tmp_path / "none.jsonl"),
                                          mt_engine="ctranslate2", output_dir=str(tmp_path / "eval")))
+
+
+def test_a_failed_conversion_leaves_nothing_behind_and_the_next_run_converts(tiny_mt, tmp_path, monkeypatch):
+    import ctranslate2
+
+    monkeypatch.setenv("FLARE_HOME", str(tmp_path / "home"))
+    real_convert = ctranslate2.converters.TransformersConverter.convert
+
+    def killed_midway(self, output_dir, *args, **kwargs):
+        (Path(output_dir) / "model.bin").write_bytes(b"half")  # a partial write, then the failure
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ctranslate2.converters.TransformersConverter, "convert", killed_midway)
+    write_rows(tmp_path / "in.jsonl", TEXTS[:3])
+    with pytest.raises(ModelError, match=r"^ctranslate2 could not convert '.*tiny-nllb': disk full$"):
+        tr.run(cfg_for(tiny_mt, tmp_path, engine="ctranslate2"))
+    assert list((tmp_path / "home" / "ct2").iterdir()) == []
+    monkeypatch.setattr(ctranslate2.converters.TransformersConverter, "convert", real_convert)
+    result = tr.run(cfg_for(tiny_mt, tmp_path, engine="ctranslate2"))
+    assert [r["text"] for r in read_jsonl(result.output)] == generate_reference(tiny_mt, TEXTS[:3], 1, 12)
