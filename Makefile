@@ -1,5 +1,6 @@
 # Two commands on a fresh clone: `make demo` (the main job) and `make test` (the tests).
-# Both create .venv on first use (scripts/setup.sh picks a CPU torch on machines without a GPU).
+# Both create .venv on first use (scripts/setup.sh picks a CPU torch on machines without a GPU) and
+# install the ct2 extra: the demo translates with CTranslate2 (same translations, several times faster).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 

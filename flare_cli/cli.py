@@ -191,8 +191,18 @@ def translate(
     max_input_tokens: int = typer.Option(
         200, "--max-input-tokens", help="Texts longer than this are split into sentences and rejoined."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps (bf16 on GPU)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps (mps: transformers only)."),
     device_map: str = typer.Option(None, "--device-map", help="Passed to from_pretrained, e.g. 'auto' to shard a big model."),
+    engine: str = typer.Option(
+        "transformers", "--engine",
+        help="transformers (generate), or ctranslate2: same float32 outputs, several times faster "
+        "(pip install 'flare-cli\\[ct2]'; the model is converted once and cached).",
+    ),
+    compute_type: str = typer.Option(
+        "auto", "--compute-type",
+        help="auto (float32 on CPU: identical outputs; float16 with ctranslate2 / bfloat16 with transformers on GPU), "
+        "float32, float16, bfloat16, or with ctranslate2 int8, int8_float16, ... (faster, some outputs change).",
+    ),
     cache_dir: str = typer.Option(
         None, "--cache-dir", help="Translation cache folder [default: .flare_cache next to the output]."
     ),
@@ -218,7 +228,8 @@ def translate(
         fields=tuple(f.strip() for f in fields.split(",") if f.strip()) if fields else None,
         mt_model=mt_model, revision=revision, num_beams=num_beams, max_new_tokens=max_new_tokens,
         batch_tokens=batch_tokens, max_input_tokens=max_input_tokens, device=device, device_map=device_map,
-        cache_dir=cache_dir, on_projection_failure=on_projection_failure, references=references,
+        cache_dir=cache_dir, on_projection_failure=on_projection_failure, references=references, engine=engine,
+        compute_type=compute_type,
     )
     console = _stderr_console()
     if quiet:
@@ -417,6 +428,8 @@ def eval_(
         True, "--back-translate-answers/--no-back-translate-answers",
         help="translate-test QA: translate the English answer back into the target language before scoring.",
     ),
+    mt_engine: str = typer.Option("transformers", "--mt-engine", help="Engine for on-the-fly translation: transformers or ctranslate2 (as flare translate --engine)."),
+    mt_compute_type: str = typer.Option("auto", "--mt-compute-type", help="Precision of --mt-engine (as flare translate --compute-type)."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable results on stdout."),
 ) -> None:
     """Evaluate adapters and baselines on a task's target-language test set."""
@@ -442,7 +455,7 @@ def eval_(
             data=data, split=split, output_dir=str(run_dir), batch_size=batch_size, max_new_tokens=max_new_tokens,
             limit=limit, predict=predict, task_options=task_options, mt_model=mt_model,
             back_translate_answers=back_translate_answers, qa_metric=qa_metric, data_config=data_config,
-            columns=columns, max_length=max_length,
+            columns=columns, max_length=max_length, mt_engine=mt_engine, mt_compute_type=mt_compute_type,
         ))
         results.append(run_stage(lambda: _eval_with_progress(evaluate, cfg)))
     metrics = [r.metrics for r in results]
@@ -601,6 +614,10 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1, help="Test rows per method (default: 500, quick 24)."),
     world_root: Optional[str] = typer.Option(None, "--world-root", help="Toy world folder (default: $FLARE_HOME/toyworld/...)."),
+    mt_engine: Optional[str] = typer.Option(
+        None, "--mt-engine", help="MT engine: transformers or ctranslate2 (default: ctranslate2 when installed).",
+        show_default=False,
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
 ) -> None:
     """Run the whole pipeline offline on the embedded toy world and compare FLARE with its baselines."""
@@ -608,7 +625,8 @@ def demo(
 
     def stage():
         cfg = demo_stage.DemoConfig(
-            workdir=workdir, quick=quick, seed=seed, task=task, world_root=world_root, eval_limit=eval_limit
+            workdir=workdir, quick=quick, seed=seed, task=task, world_root=world_root, eval_limit=eval_limit,
+            mt_engine=mt_engine,
         )
         with _DemoReporter(_stderr_console()) as reporter:
             return demo_stage.run(cfg, reporter)

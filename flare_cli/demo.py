@@ -82,6 +82,9 @@ class DemoConfig:
     world_root: Optional[str] = None  # default: $FLARE_HOME/toyworld/<size>-seed0
     repo_id: str = "your-name/flare-toy-qtw-qa"
     eval_limit: Optional[int] = None  # default: the recipe's
+    # MT engine of the translate steps: None picks ctranslate2 when it is installed (same float32
+    # translations, several times faster; `make demo` installs it), else transformers.
+    mt_engine: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.task not in SCORE_KEYS:
@@ -91,6 +94,16 @@ class DemoConfig:
         check_output_dir(self.workdir, "--workdir")
         if self.world_root:
             check_output_dir(self.world_root, "--world-root")
+        if self.mt_engine is not None:
+            from flare_cli.mt_engines import check_engine_options
+
+            check_engine_options(self.mt_engine)
+
+    @property
+    def engine(self) -> str:
+        from flare_cli.mt_engines import ct2_available
+
+        return self.mt_engine or ("ctranslate2" if ct2_available() else "transformers")
 
 
 @dataclass
@@ -161,6 +174,7 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
     work.mkdir(parents=True, exist_ok=True)
     world_root = Path(cfg.world_root) if cfg.world_root else toyworld.default_root(recipe.world_size, 0)
     lang = toyworld.TARGET_LANG
+    engine = cfg.engine
     state: dict[str, Any] = {}
 
     def build_world() -> str:
@@ -191,9 +205,9 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
         pipe.add(f"translate_{split}", f"Translate the {what}",
                  head + command("flare", "translate", "--input", "-" if n else src, "--output", dst, "--lang", lang,
                                 "--task", task, "--direction", direction, "--mt-model", mt_dir,
-                                "--num-beams", recipe.num_beams),
+                                "--num-beams", recipe.num_beams, "--engine", engine),
                  lambda src=src, dst=dst, direction=direction, n=n: _translate(
-                     src, dst, direction, lang, task, mt_dir, recipe, n, reporter))
+                     src, dst, direction, lang, task, mt_dir, recipe, n, reporter, engine))
 
     base = str(world_root / "base")
     stage1_dir = work / "stage1-en"
@@ -230,9 +244,11 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
         base_args = ("--base", base, "--task-adapter", stage1_dir, "--task", task, "--lang", lang) if not adapter else ()
         pipe.add(f"eval_{method}", f"Evaluate {method} on the qtw test set",
                  command("flare", "eval", *(("--adapter", adapter) if adapter else ()), "--method", method,
-                         *base_args, "--data", test_file, "--limit", limit, "-o", out),
+                         *base_args, "--data", test_file, "--limit", limit,
+                         *(("--mt-engine", engine) if method == "translate-test" else ()), "-o", out),
                  lambda method=method, out=out, adapter=adapter: _evaluate(
-                     method, adapter, base, stage1_dir, task, lang, test_file, limit, recipe, out, results, reporter))
+                     method, adapter, base, stage1_dir, task, lang, test_file, limit, recipe, out, results, reporter,
+                     engine))
 
     merged_dir = work / "merged-lora"
     pipe.add("merge", "Merge the LoRA baseline (with stage 1) into a standalone model",
@@ -281,7 +297,7 @@ def _flags(options: dict[str, Any]) -> list[str]:
 
 
 def _translate(src: Path, dst: Path, direction: str, lang: str, task: str, mt_dir: Path, recipe: Recipe,
-               n_rows: Optional[int], reporter: Reporter) -> str:
+               n_rows: Optional[int], reporter: Reporter, engine: str = "transformers") -> str:
     from flare_cli import translate
 
     meta = Path(str(dst) + ".meta.json")
@@ -308,7 +324,7 @@ def _translate(src: Path, dst: Path, direction: str, lang: str, task: str, mt_di
 
     result = translate.run(
         translate.TranslateConfig(input=str(src), output=str(dst), lang=lang, direction=direction, task=task,
-                                  mt_model=str(mt_dir), num_beams=recipe.num_beams),
+                                  mt_model=str(mt_dir), num_beams=recipe.num_beams, engine=engine),
         progress=Sink(),
     )
     failed = f", {result.projection_failed} answers not projected" if result.projection_failed else ""
@@ -335,7 +351,8 @@ def _train(base: str, out: Path, task: str, lang: str, method: str, data: Path, 
 
 
 def _evaluate(method: str, adapter: Optional[Path], base: str, stage1: Path, task: str, lang: str, data: Path,
-              limit: Optional[int], recipe: Recipe, out: Path, results: dict, reporter: Reporter) -> str:
+              limit: Optional[int], recipe: Recipe, out: Path, results: dict, reporter: Reporter,
+              engine: str = "transformers") -> str:
     from flare_cli import evaluate
 
     metrics_file = out / "metrics.json"
@@ -344,7 +361,7 @@ def _evaluate(method: str, adapter: Optional[Path], base: str, stage1: Path, tas
         return "reused"
     cfg = evaluate.EvalConfig(
         adapter=str(adapter) if adapter else None, method=method, data=str(data), limit=limit,
-        output_dir=str(out), batch_size=recipe.eval_batch_size,
+        output_dir=str(out), batch_size=recipe.eval_batch_size, mt_engine=engine,
         **({} if adapter else {"base": base, "task_adapter": str(stage1), "task": task, "lang": lang}),
     )
     done = [0]

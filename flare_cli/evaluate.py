@@ -60,6 +60,8 @@ class EvalConfig:
     # translate-test on free-text answers (QA): the English answer is translated back into the
     # target language before scoring, as the gold answer is in the target language.
     back_translate_answers: bool = True
+    mt_engine: str = "transformers"  # engine and precision of on-the-fly translation (flare_cli.mt_engines)
+    mt_compute_type: str = "auto"
     dtype: str = "auto"
     qa_metric: Optional[str] = None  # squad | mlqa | unicode (default: flare_cli.metrics.default_qa_metric)
     data_config: Optional[str] = None  # Hub config of --data
@@ -376,7 +378,8 @@ def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalC
     settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
     mt_model = cfg.mt_model or settings.get("mt_model") or settings.get("meta", {}).get("mt_model") or DEFAULT_MT_MODEL
     translate_pivots(rows, task.input_fields, lang=resolved.lang, mt_model=mt_model,
-                     cache_dir=Path(cfg.output_dir) / ".flare_cache")
+                     cache_dir=Path(cfg.output_dir) / ".flare_cache", mt_engine=cfg.mt_engine,
+                     compute_type=cfg.mt_compute_type)
     task.require_pivots(rows, resolved.source)
     return mt_model
 
@@ -397,7 +400,8 @@ def _answer_translator(task: Task, resolved: _Resolved, cfg: EvalConfig):
 
     def translator(answers: list[str]) -> list[str]:
         return translate_texts(answers, lang=resolved.lang, direction="train", mt_model=mt_model,
-                               cache_dir=Path(cfg.output_dir) / ".flare_cache")
+                               cache_dir=Path(cfg.output_dir) / ".flare_cache", mt_engine=cfg.mt_engine,
+                               compute_type=cfg.mt_compute_type)
 
     return translator, mt_model
 
@@ -406,6 +410,9 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     """Resolve settings, load data and models, evaluate, write predictions.jsonl and metrics.json."""
     if cfg.limit is not None and cfg.limit < 1:
         raise ConfigError("--limit must be at least 1")
+    from flare_cli.mt_engines import check_engine_options
+
+    check_engine_options(cfg.mt_engine, cfg.mt_compute_type)  # a missing MT engine fails before any model loads
     resolved = _resolve(cfg)
     task = resolved.task
     if cfg.qa_metric:

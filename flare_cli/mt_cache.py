@@ -15,7 +15,8 @@ from flare_cli.errors import DataError
 
 
 def cache_key(**parts) -> str:
-    """sha256 over a canonical JSON of model, revision, engine, languages, decoding settings and text."""
+    """sha256 over a canonical JSON of model, revision, engine, compute type, device kind, languages,
+    decoding settings and text: whatever can change a translation (translate._Translator._key)."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -32,6 +32,8 @@ from flare_cli.fsutil import atomic_write_bytes, check_output_dir, check_output_
 from flare_cli.languages import Language, resolve
 from flare_cli.metrics import reference_scores, reference_texts
 from flare_cli.mt_cache import TranslationCache, cache_key
+# The engines live in mt_engines; HFTranslator and model_revision stay importable from here.
+from flare_cli.mt_engines import HFTranslator, MTEngine, check_engine_options, load_engine, model_revision  # noqa: F401
 
 DEFAULT_MT_MODEL = "facebook/nllb-200-3.3B"
 
@@ -66,6 +68,8 @@ class TranslateConfig:
     max_input_tokens: int = 200  # longer texts are split into sentences and rejoined
     device: str = "auto"
     device_map: str | None = None
+    engine: str = "transformers"  # transformers | ctranslate2 (flare_cli.mt_engines)
+    compute_type: str = "auto"  # float32 on CPU, a half type on GPU; int8* with ctranslate2
     cache_dir: str | None = None  # default: <output dir>/.flare_cache
     on_projection_failure: str = "keep"
     references: str | None = None  # score the output: a column, field=column pairs or a .txt file
@@ -166,113 +170,6 @@ def _output_format(path: str) -> str:
     raise ConfigError(f"output {path!r}: use a .jsonl or .parquet file name, or '-' for JSONL on stdout")
 
 
-# ---------------------------------------------------------------------------------- MT engine
-
-
-class HFTranslator:
-    """NLLB / M2M100 through AutoModelForSeq2SeqLM.generate; the model loads on first use."""
-
-    engine = "transformers"
-
-    def __init__(self, model_id: str, revision: str | None = None, device: str = "auto", device_map: str | None = None):
-        from transformers import AutoTokenizer
-
-        self.model_id = model_id
-        self.revision = revision
-        self.device_map = device_map
-        self._device_name = device
-        self._model = None
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
-        except (OSError, ValueError) as err:
-            raise ModelError(f"cannot load the MT tokenizer {model_id!r}: {_first_line(err)}") from None
-
-    def identity(self) -> str:
-        """Model id + resolved revision for cache keys and provenance."""
-        return model_revision(self.model_id, self.revision)
-
-    @property
-    def model(self):
-        if self._model is None:
-            import torch
-            from transformers import AutoModelForSeq2SeqLM
-
-            device = self._device_name
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            dtype = torch.bfloat16 if device.startswith("cuda") or self.device_map else torch.float32
-            kwargs = {"revision": self.revision, "dtype": dtype}
-            if self.device_map:
-                kwargs["device_map"] = self.device_map
-            try:
-                model = AutoModelForSeq2SeqLM.from_pretrained(self.model_id, **kwargs)
-            except (OSError, ValueError) as err:
-                raise ModelError(f"cannot load the MT model {self.model_id!r}: {_first_line(err)}") from None
-            if not self.device_map:
-                model = model.to(device)
-            self._model = model.eval()
-        return self._model
-
-    def lang_code(self, lang: Language) -> str:
-        """The tokenizer's code for `lang`: FLORES for NLLB, ISO 639-1 for M2M100."""
-        from flare_cli.flare.mt_encoder import mt_lang_code
-
-        return mt_lang_code(self.tokenizer, lang, self.model_id)
-
-    def _lang_token_id(self, code: str) -> int:
-        tok = self.tokenizer
-        return tok.get_lang_id(code) if hasattr(tok, "get_lang_id") else tok.convert_tokens_to_ids(code)
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
-
-    def translate_batch(
-        self, texts: list[str], src: Language, tgt: Language, num_beams: int, max_new_tokens: int
-    ) -> tuple[list[str], int]:
-        """Translate one batch; returns the translations and the number of generated tokens."""
-        import torch
-
-        model = self.model
-        self.tokenizer.src_lang = self.lang_code(src)
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
-        with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                forced_bos_token_id=self._lang_token_id(self.lang_code(tgt)),
-                num_beams=num_beams,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-            )
-        pad = self.tokenizer.pad_token_id
-        generated = int((out[:, 1:] != pad).sum())
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True), generated
-
-
-def model_revision(model_id: str, revision: str | None) -> str:
-    """A stable revision string: the Hub commit when cached, else a fingerprint of a local folder."""
-    local = Path(model_id)
-    if local.is_dir():
-        import hashlib
-
-        stats = sorted(
-            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in local.iterdir() if p.is_file()
-        )
-        return "local:" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model_id, "config.json", revision=revision)
-    if isinstance(cached, str):
-        return Path(cached).parent.name  # .../snapshots/<commit>/config.json
-    return revision or "main"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 # ------------------------------------------------------------------------------- segmentation
 
 
@@ -307,7 +204,7 @@ def split_segments(text: str, n_tokens: Callable[[list[str]], list[int]], max_to
 class _Translator:
     """Cache-first translation of many texts with one engine and one language pair."""
 
-    def __init__(self, cfg: TranslateConfig, engine: HFTranslator, cache: TranslationCache,
+    def __init__(self, cfg: TranslateConfig, engine: MTEngine, cache: TranslationCache,
                  src: Language, tgt: Language, progress: ProgressSink | None):
         self.cfg, self.engine, self.cache = cfg, engine, cache
         self.src, self.tgt, self.progress = src, tgt, progress
@@ -322,6 +219,8 @@ class _Translator:
     def _key(self, segment: str) -> str:
         return cache_key(
             model=self.engine.model_id, revision=self.identity, engine=self.engine.engine,
+            # outputs differ by precision and hardware: never serve one's translations as another's
+            compute_type=self.engine.compute_type, device=self.engine.device,
             src=self.src.flores, tgt=self.tgt.flores, num_beams=self.cfg.num_beams,
             max_new_tokens=self.cfg.max_new_tokens, text=segment,
         )
@@ -386,6 +285,7 @@ def _validate(cfg: TranslateConfig) -> tuple[tuple[str, ...], Language, Language
         raise ConfigError(f"unknown direction {cfg.direction!r}; use 'train' or 'test'")
     if cfg.on_projection_failure not in PROJECTION_POLICIES:
         raise ConfigError(f"unknown --on-projection-failure {cfg.on_projection_failure!r}; use drop, keep or error")
+    check_engine_options(cfg.engine, cfg.compute_type, cfg.device_map)  # before any data is read
     if cfg.fields:
         fields = tuple(cfg.fields)
     elif cfg.task in TASK_FIELDS:
@@ -450,8 +350,8 @@ def _check_rows(rows: list[dict], fields: tuple[str, ...], needs_answer: bool, n
         raise DataError(f"{name}: {len(rows) - with_id} rows have no 'id' while others do")
 
 
-def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFTranslator | None" = None) -> TranslateResult:
-    """Translate `cfg.input` into `cfg.output` (+ `<output>.meta.json`); `engine` overrides the HF engine."""
+def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: MTEngine | None = None) -> TranslateResult:
+    """Translate `cfg.input` into `cfg.output` (+ `<output>.meta.json`); `engine` overrides `cfg.engine`."""
     started = time.perf_counter()
     fields, src, tgt = _validate(cfg)
     out_fmt = _output_format(cfg.output)
@@ -465,7 +365,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFT
 
     out_dir = Path.cwd() if cfg.output == "-" else Path(cfg.output).resolve().parent
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / ".flare_cache"
-    engine = engine or HFTranslator(cfg.mt_model, cfg.revision, cfg.device, cfg.device_map)
+    engine = engine or load_engine(cfg.engine, cfg.mt_model, cfg.revision, cfg.device, cfg.compute_type, cfg.device_map)
     engine.lang_code(src), engine.lang_code(tgt)  # fail before any work if the model lacks a language
 
     with TranslationCache(cache_dir / "translations.sqlite") as cache:
@@ -487,6 +387,8 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: "HFT
         meta = {
             "flare_cli_version": __version__,
             "engine": engine.engine,
+            "compute_type": engine.compute_type,
+            "device": engine.device,
             "mt_model": engine.model_id,
             "revision": mt.identity,
             "direction": cfg.direction,
@@ -628,20 +530,24 @@ def translate_texts(
     cache_dir: str | Path | None = None,
     num_beams: int = 4,
     max_new_tokens: int = 256,
-    engine: "HFTranslator | None" = None,
+    engine: MTEngine | None = None,
     progress: ProgressSink | None = None,
+    mt_engine: str = "transformers",
+    compute_type: str = "auto",
 ) -> list[str]:
     """Translate ``texts`` English -> ``lang`` (direction "train") or ``lang`` -> English ("test"),
-    through the same cache as ``flare translate``; blank texts stay blank."""
+    through the same cache as ``flare translate``; blank texts stay blank. ``mt_engine`` and
+    ``compute_type`` pick the engine as ``flare translate --engine/--compute-type`` do."""
     cfg = TranslateConfig(
         input="<texts>", output="-", lang=lang, direction=direction, fields=("text",),
         mt_model=mt_model or DEFAULT_MT_MODEL, revision=revision, num_beams=num_beams,
         max_new_tokens=max_new_tokens, cache_dir=str(cache_dir) if cache_dir else None,
+        engine=mt_engine, compute_type=compute_type,
     )
     _, src, tgt = _validate(cfg)
     if not any(t.strip() for t in texts):
         return list(texts)
-    engine = engine or HFTranslator(cfg.mt_model, cfg.revision)
+    engine = engine or load_engine(cfg.engine, cfg.mt_model, cfg.revision, compute_type=cfg.compute_type)
     engine.lang_code(src), engine.lang_code(tgt)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else flare_home() / "mt_cache"
     with TranslationCache(cache_root / "translations.sqlite") as cache:

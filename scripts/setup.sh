@@ -29,7 +29,8 @@ else
   { $PIP install -q --no-index --no-deps "torch==2.13.0" 2>/dev/null && $PIP install -q "torch==2.13.0"; } \
     || $PIP install -q "torch==2.13.0" --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
 fi
-$PIP install -q -e ".[test]"
+# ct2: the faster MT engine, which `flare demo` uses when it is installed
+$PIP install -q -e ".[test,ct2]"
 rm -f "$VENV"/.flare-setup-*
 touch "$stamp"
 echo "flare_cli installed in $VENV (activate with: source $VENV/bin/activate)"

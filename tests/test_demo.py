@@ -61,6 +61,7 @@ def test_translations_come_from_the_worlds_mt_model(demo):
     meta = json.loads((work / "data" / "test.qtw.jsonl.meta.json").read_text())
     assert (meta["mt_model"], meta["direction"], meta["src_lang"], meta["tgt_lang"]) == (
         str(world / "mt"), "test", "qtw_Latn", "eng_Latn")
+    assert (meta["engine"], meta["compute_type"]) == ("ctranslate2", "float32")  # the faster engine, when installed
 
 
 def test_rerun_reuses_every_step_and_gives_the_same_table(demo):

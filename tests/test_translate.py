@@ -215,6 +215,8 @@ class WordEngine:
 
     engine = "words"
     model_id = "test/words"
+    device = "cpu"
+    compute_type = "exact"
 
     LEXICON = {"paris": "Parisi", "is": "ni", "the": "", "capital": "mji-mkuu", "of": "wa", "france": "Ufaransa",
                "what": "nini", "rain": "mvua", "fell": "ilinyesha", "cat": "paka"}

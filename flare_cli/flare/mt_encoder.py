@@ -19,25 +19,12 @@ import torch
 from torch import nn
 
 from flare_cli.errors import ModelError
+from flare_cli.mt_engines import mt_lang_code  # one owner: MT tokenizers' language codes
 
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-def mt_lang_code(tokenizer, lang, model_id: str = "MT model") -> str:
-    """The MT tokenizer's code for ``lang`` (a code or a ``languages.Language``): FLORES for NLLB
-    (``swh_Latn``), ISO 639-1 for M2M100 (``sw``)."""
-    from flare_cli.languages import resolve
-
-    language = resolve(lang) if isinstance(lang, str) else lang
-    unk = tokenizer.unk_token_id
-    if tokenizer.convert_tokens_to_ids(language.flores) not in (None, unk):
-        return language.flores
-    if hasattr(tokenizer, "get_lang_id") and language.iso1 and language.iso1 in getattr(tokenizer, "lang_code_to_id", {}):
-        return language.iso1
-    raise ModelError(f"MT model {model_id!r} has no language token for {language.flores} ({language.name})")
 
 
 class MTEncoder(nn.Module):
