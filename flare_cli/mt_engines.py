@@ -58,8 +58,9 @@ def load_engine(name: str, model_id: str, revision: str | None = None, device: s
     return HFTranslator(model_id, revision, device, device_map, compute_type)
 
 
-def check_engine_options(name: str, compute_type: str = "auto", device_map: str | None = None) -> None:
-    """Fail on a bad engine/precision combination before any data is read or model loaded."""
+def check_engine_options(name: str, compute_type: str = "auto", device_map: str | None = None,
+                         device: str = "auto") -> None:
+    """Fail on a bad engine/precision/device combination before any data is read or model loaded."""
     if name not in ENGINES:
         raise ConfigError(f"unknown --engine {name!r}; use transformers or ctranslate2")
     allowed = HF_COMPUTE_TYPES if name == "transformers" else CT2_COMPUTE_TYPES
@@ -69,6 +70,9 @@ def check_engine_options(name: str, compute_type: str = "auto", device_map: str 
     if name == "ctranslate2":
         if device_map:
             raise ConfigError("--device-map is for the transformers engine; ctranslate2 runs the model on one device")
+        kind = device.partition(":")[0]
+        if device != "auto" and kind not in ("cpu", "cuda"):
+            raise ConfigError(f"--device {device!r}: ctranslate2 runs on cpu or cuda[:N]; use --engine transformers for {kind}")
         try:
             import ctranslate2  # noqa: F401
         except ImportError:

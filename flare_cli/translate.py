@@ -285,7 +285,7 @@ def _validate(cfg: TranslateConfig) -> tuple[tuple[str, ...], Language, Language
         raise ConfigError(f"unknown direction {cfg.direction!r}; use 'train' or 'test'")
     if cfg.on_projection_failure not in PROJECTION_POLICIES:
         raise ConfigError(f"unknown --on-projection-failure {cfg.on_projection_failure!r}; use drop, keep or error")
-    check_engine_options(cfg.engine, cfg.compute_type, cfg.device_map)  # before any data is read
+    check_engine_options(cfg.engine, cfg.compute_type, cfg.device_map, cfg.device)  # before any data is read
     if cfg.fields:
         fields = tuple(cfg.fields)
     elif cfg.task in TASK_FIELDS:
