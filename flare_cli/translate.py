@@ -513,6 +513,9 @@ def _translate_qa_train(rows: list[dict], fields: tuple[str, ...], mt: _Translat
         new = _with_pivots(row, translated, fields, "train")
         new["answer"] = answer
         new["answer_start"] = start
+        if "answers" in row:  # only the first gold answer is translated and projected: the others are English
+            new["pivot_answers"] = row["answers"]
+            new["answers"] = [answer] if answer else []
         out.append(new)
     return out, failed
 

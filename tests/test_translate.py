@@ -430,3 +430,14 @@ def test_cli_references_summary_line_and_json(tiny_mt, reference, tmp_path):
     assert f"text: chrF {chrf:.1f}" in result.stdout and "nrefs:1|case:mixed|eff:yes|nc:6|nw:2" in result.stdout
     as_json = CliRunner().invoke(app, args + ["--json"])
     assert json.loads(as_json.stdout)["quality"]["text"]["chrf"] == pytest.approx(chrf)
+
+
+def test_qa_train_replaces_the_english_gold_list_with_the_projected_answer(tmp_path):
+    # TyDiQA rows carry every gold answer in `answers`; after translate-train only the first one,
+    # translated and projected, is target-language gold: the English list moves to pivot_answers.
+    rows = [{**qa_rows()[0], "answers": ["France", "the French Republic"]}, {**qa_rows()[4], "answers": []}]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    cfg = TranslateConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"), lang="sw", task="qa")
+    out = {r["id"]: r for r in read_jsonl(tr.run(cfg, engine=WordEngine()).output)}
+    assert (out["q1"]["answers"], out["q1"]["pivot_answers"]) == (["Ufaransa"], ["France", "the French Republic"])
+    assert (out["q5"]["answers"], out["q5"]["pivot_answers"]) == ([], [])
