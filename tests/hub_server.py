@@ -1,8 +1,9 @@
 """A small fake Hugging Face Hub on 127.0.0.1 for `flare push` tests.
 
 It implements the endpoints the real `huggingface_hub` client calls for whoami, create_repo,
-create_branch, repo_info, preupload, commit and pull requests, keeps repos in memory, and records
-every request. Files are always "regular" uploads (base64 in the commit), which is what the Hub
+create_branch, repo_info, repo settings (visibility), preupload, commit, pull requests (open, list),
+paths-info, tree listing and file downloads (`snapshot_download`), keeps repos in memory, and
+records every request. Reads of a public repo need no token, as on the Hub. Files are always "regular" uploads (base64 in the commit), which is what the Hub
 answers for small files. The server listens on a random free port, stops itself after
 `lifetime_s` seconds or `max_requests` requests, and is a context manager.
 """
@@ -19,7 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
-_REPO_API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<op>preupload|commit|revision|branch|discussions)(?:/(?P<rest>.+))?$")
+_REPO_API = re.compile(
+    r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<op>preupload|commit|revision|branch|discussions|settings|paths-info|tree)"
+    r"(?:/(?P<rest>.+))?$"
+)
+_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
 def git_blob_sha1(content: bytes) -> str:
@@ -61,6 +66,7 @@ class FakeHub:
         self.user = user
         self.max_requests = max_requests
         self.repos: dict[str, Repo] = {}
+        self.snapshots: dict[str, dict[str, bytes]] = {}  # commit oid -> files at that commit
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
@@ -94,7 +100,7 @@ class FakeHub:
         return [f"{r.method} {r.path}" for r in self.requests]
 
     # ------------------------------------------------------------------ request handling
-    def handle(self, method: str, raw_path: str, headers: dict, body: bytes) -> tuple[int, dict]:
+    def handle(self, method: str, raw_path: str, headers: dict, body: bytes) -> tuple[int, object]:
         url = urlsplit(raw_path)
         path, query = url.path, parse_qs(url.query)
         auth = headers.pop("authorization", None)
@@ -104,13 +110,32 @@ class FakeHub:
             self.requests.append(record)
             if len(self.requests) > self.max_requests:
                 record.status, payload = 503, {"error": "fake hub request budget exhausted"}
-            elif not authorized:
+            elif not authorized and (auth is not None or not self._public_read(method, path)):
                 record.status, payload = 401, {"error": "Invalid credentials in Authorization header"}
             else:
                 record.status, payload = self._route(method, path, query, body)
             return record.status, payload
 
-    def _route(self, method, path, query, body) -> tuple[int, dict]:
+    def _public_read(self, method: str, path: str) -> bool:
+        match = _RESOLVE.match(path) or _REPO_API.match(path) or re.fullmatch(r"/api/models/(?P<repo>[^/]+/[^/]+)", path)
+        repo = self.repos.get(unquote(match["repo"])) if match else None
+        return method in ("GET", "HEAD") and repo is not None and not repo.private
+
+    def _tree(self, revision: str, repo: Repo) -> dict[str, bytes] | None:
+        if revision in repo.branches:
+            return repo.branches[revision].files
+        return self.snapshots.get(revision)
+
+    def _route(self, method, path, query, body) -> tuple[int, object]:
+        resolve = _RESOLVE.match(path)
+        if resolve and method in ("GET", "HEAD"):
+            repo = self.repos.get(resolve["repo"])
+            files = self._tree(unquote(resolve["rev"]), repo) if repo else None
+            name = unquote(resolve["path"])
+            if files is None or name not in files:
+                return 404, {"error": "Entry not found"}
+            commit = self._commit_of(repo, unquote(resolve["rev"]))
+            return 200, _File(files[name], commit)
         if method == "GET" and path == "/api/whoami-v2":
             return 200, {"type": "user", "name": self.user, "auth": {"type": "access_token"}}
         if method == "POST" and path == "/api/repos/create":
@@ -128,11 +153,28 @@ class FakeHub:
             return 404, {"error": "Repository not found"}
         op, rest = match["op"], unquote(match["rest"] or "")
         if op == "revision" and method == "GET":
-            branch = repo.branches.get(rest)
-            if branch is None:
+            files = self._tree(rest, repo)
+            if files is None:
                 return 404, {"error": f"Invalid rev id: {rest}"}
-            return 200, {"id": repo.repo_id, "sha": branch.sha, "private": repo.private,
-                         "siblings": [{"rfilename": name} for name in sorted(branch.files)]}
+            return 200, {"id": repo.repo_id, "sha": self._commit_of(repo, rest), "private": repo.private,
+                         "siblings": [{"rfilename": name} for name in sorted(files)]}
+        if op == "settings" and method == "PUT":
+            settings = json.loads(body)
+            if "visibility" in settings:
+                repo.private = settings["visibility"] == "private"
+            return 200, {}
+        if op in ("tree", "paths-info"):
+            revision = unquote((match["rest"] or "").partition("/")[0])
+            files = self._tree(revision, repo)
+            if files is None:
+                return 404, {"error": f"Invalid rev id: {revision}"}
+            if op == "tree":
+                names = sorted(files)
+            else:
+                form = parse_qs(body.decode()) if not body.startswith(b"{") else json.loads(body)
+                names = [n for n in form.get("paths", []) if n in files]
+            return 200, [{"type": "file", "path": n, "size": len(files[n]), "oid": git_blob_sha1(files[n])}
+                         for n in names]
         if op == "branch" and method == "POST":
             if rest in repo.branches:
                 return 409, {"error": "Reference already exists"}
@@ -151,9 +193,17 @@ class FakeHub:
             return self._commit(repo, rest, query, body)
         if op == "discussions" and method == "POST" and not rest:
             return 200, {"num": self._open_pr(repo)}
+        if op == "discussions" and method == "GET" and not rest:
+            prs = [self._pr_details(repo, num) for num in range(1, len(repo.prs) + 1)]
+            if query.get("type") == ["discussion"]:
+                prs = []
+            return 200, {"discussions": prs, "count": len(prs), "start": 0, "numItemsPerPage": 50}
         if op == "discussions" and method == "GET" and rest.isdigit():
             return 200, self._pr_details(repo, int(rest))
         return 404, {"error": f"fake hub: no route for {method} {path}"}
+
+    def _commit_of(self, repo: Repo, revision: str) -> str:
+        return repo.branches[revision].sha if revision in repo.branches else revision
 
     def _create_repo(self, payload: dict) -> tuple[int, dict]:
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
@@ -165,6 +215,7 @@ class FakeHub:
         main.commits.append({"oid": hashlib.sha1(repo_id.encode()).hexdigest(), "summary": "initial commit",
                              "files": [".gitattributes"]})
         repo.branches["main"] = main
+        self.snapshots[main.sha] = dict(main.files)
         self.repos[repo_id] = repo
         return 200, {"url": url, "name": repo_id}
 
@@ -177,7 +228,7 @@ class FakeHub:
 
     def _pr_details(self, repo: Repo, num: int) -> dict:
         return {"title": "PR", "num": num, "author": {"name": self.user}, "createdAt": "2026-01-01T00:00:00.000Z",
-                "status": "draft", "repo": {"name": repo.repo_id, "type": "model"}, "isPullRequest": True,
+                "status": "open", "repo": {"name": repo.repo_id, "type": "model"}, "isPullRequest": True,
                 "events": [], "changes": {"base": "refs/heads/main"}, "filesWithConflicts": []}
 
     def _commit(self, repo: Repo, revision: str, query: dict, body: bytes) -> tuple[int, dict]:
@@ -203,8 +254,15 @@ class FakeHub:
                 return 400, {"error": f"fake hub: unsupported commit entry {item['key']}"}
         oid = hashlib.sha1(f"{branch.sha}{len(branch.commits)}{sorted(changed)}".encode()).hexdigest()
         branch.commits.append({"oid": oid, "summary": header["summary"], "files": sorted(changed)})
+        self.snapshots[oid] = dict(branch.files)
         return 200, {"commitUrl": f"{self.endpoint}/{repo.repo_id}/commit/{oid}", "commitOid": oid,
                      "pullRequestUrl": pr_url}
+
+
+@dataclass
+class _File:
+    content: bytes
+    commit: str
 
 
 def _handler_for(hub: FakeHub):
@@ -214,16 +272,23 @@ def _handler_for(hub: FakeHub):
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, payload = hub.handle(self.command, self.path, headers, body)
-            data = json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            if isinstance(payload, _File):  # a download: the headers hf_hub_download reads
+                data = payload.content
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("X-Repo-Commit", payload.commit)
+                self.send_header("ETag", f'"{git_blob_sha1(data)}"')
+            else:
+                data = json.dumps(payload).encode()
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             if status == 404 and payload.get("error") == "Repository not found":
                 self.send_header("X-Error-Code", "RepoNotFound")
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = do_DELETE = _serve
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
 
         def log_message(self, *args) -> None:  # keep test output clean
             pass
