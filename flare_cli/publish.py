@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from flare_cli.errors import ConfigError, DataError
+from flare_cli.errors import ConfigError, DataError, FlareError
 
 BUNDLED_TASK_ADAPTER = "task_adapter"  # the subfolder a FLARE repo carries its stage-1 adapter in
 FUSED_METHODS = ("flare", "flare-mt")
@@ -157,9 +157,9 @@ def stage_adapter(
     elif stage1_ref:
         try:
             stage1 = resolve_adapter(stage1_ref, what="task adapter", local_only=local_only)
-        except DataError:
+        except FlareError as err:
             raise DataError(
-                f"{folder} was trained on top of the task adapter {stage1_ref}, which is not found from here; "
+                f"{folder} was trained on top of the task adapter {stage1_ref}, which is not found from here ({err}); "
                 "pass --task-adapter DIR|USER/NAME (the repo must hold stage 1 to be the trained model)"
             ) from None
         if method in FUSED_METHODS:

@@ -27,6 +27,43 @@ _REPO_API = re.compile(
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
+# A subset of the Hub's model-card metadata rules (https://huggingface.co/docs/hub/model-cards).
+HUB_LICENSES = {"apache-2.0", "mit", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0", "llama2", "llama3",
+                "llama3.1", "llama3.2", "llama3.3", "gemma", "openrail", "bsd-3-clause", "gpl-3.0", "other"}
+BASE_MODEL_RELATIONS = {"adapter", "merge", "quantized", "finetune"}
+PIPELINE_TAGS = {"text-generation", "text-classification", "question-answering", "translation", "text2text-generation"}
+
+
+def validate_card_metadata(card_text: str) -> list[str]:
+    """The errors the Hub would report for a card's YAML front matter (the rules flare_cli must meet)."""
+    import yaml
+
+    match = re.match(r"^---\n(.*?)\n---\n", card_text, re.S)
+    if not match:
+        return ["no YAML front matter"]
+    meta = yaml.safe_load(match.group(1)) or {}
+    errors = []
+    if meta.get("license") is not None and meta["license"] not in HUB_LICENSES:
+        errors.append(f"license: {meta['license']!r} is not a Hub licence id")
+    for lang in meta.get("language") or []:
+        if not re.fullmatch(r"[a-z]{2,3}", str(lang)):
+            errors.append(f"language: {lang!r} is not an ISO 639-1/639-3 code")
+    for base in [meta["base_model"]] if isinstance(meta.get("base_model"), str) else meta.get("base_model") or []:
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*|[A-Za-z0-9][\w.-]*", base):
+            errors.append(f"base_model: {base!r} is not a Hub model id")
+    if meta.get("base_model_relation") is not None:
+        if meta["base_model_relation"] not in BASE_MODEL_RELATIONS:
+            errors.append(f"base_model_relation: {meta['base_model_relation']!r} is unknown")
+        if not meta.get("base_model"):
+            errors.append("base_model_relation without base_model")
+    if meta.get("pipeline_tag") is not None and meta["pipeline_tag"] not in PIPELINE_TAGS:
+        errors.append(f"pipeline_tag: {meta['pipeline_tag']!r} is unknown")
+    for dataset in meta.get("datasets") or []:
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*|[A-Za-z0-9][\w.-]*", str(dataset)):
+            errors.append(f"datasets: {dataset!r} is not a Hub dataset id")
+    return errors
+
+
 def git_blob_sha1(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
@@ -110,7 +147,8 @@ class FakeHub:
             self.requests.append(record)
             if len(self.requests) > self.max_requests:
                 record.status, payload = 503, {"error": "fake hub request budget exhausted"}
-            elif not authorized and (auth is not None or not self._public_read(method, path)):
+            elif not authorized and (auth is not None or not self._public_read(method, path)) \
+                    and path != "/api/validate-yaml":  # the Hub validates cards anonymously
                 record.status, payload = 401, {"error": "Invalid credentials in Authorization header"}
             else:
                 record.status, payload = self._route(method, path, query, body)
@@ -141,7 +179,8 @@ class FakeHub:
         if method == "POST" and path == "/api/repos/create":
             return self._create_repo(json.loads(body))
         if method == "POST" and path == "/api/validate-yaml":
-            return 200, {"errors": [], "warnings": []}
+            errors = validate_card_metadata(json.loads(body)["content"])
+            return (400, {"error": "; ".join(errors)}) if errors else (200, {"errors": [], "warnings": []})
         bare = re.fullmatch(r"/api/models/([^/]+/[^/]+)", path)
         if bare and method == "GET":  # repo_info without a revision: main
             return self._route(method, f"{path}/revision/main", query, body)
@@ -294,3 +333,27 @@ def _handler_for(hub: FakeHub):
             pass
 
     return Handler
+
+
+def hermetic_hub_env(monkeypatch, endpoint: str, cache_dir) -> None:
+    """Point huggingface_hub at `endpoint` with an empty cache, whatever HF_* / TRANSFORMERS_*
+    variables the user exported (HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN, HF_HUB_CACHE, ...) and
+    whatever token `hf auth login` stored. huggingface_hub reads some of them once, at import, so
+    its constants are patched as well."""
+    import os
+    from pathlib import Path
+
+    import huggingface_hub.constants as constants
+
+    for var in list(os.environ):
+        if var.startswith(("HF_", "HUGGING_FACE_", "TRANSFORMERS_")) and var != "HF_HOME":
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    cache = Path(cache_dir)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(cache / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(cache / "no-stored-tokens"))

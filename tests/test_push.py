@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from flare_cli.cli import app
-from hub_server import FakeHub
+from hub_server import FakeHub, hermetic_hub_env
 
 TOKEN = "hf_FakeSecretToken0123456789abcdef"
 REPO = "alice/flare-qa-sw"
@@ -44,13 +44,9 @@ def adapter(tmp_path):
 
 
 @pytest.fixture
-def hub(monkeypatch):
-    import huggingface_hub.constants
-
+def hub(monkeypatch, tmp_path):
     with FakeHub(token=TOKEN) as server:
-        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        hermetic_hub_env(monkeypatch, server.endpoint, tmp_path / "hf-cache")
         yield server
 
 
@@ -151,7 +147,8 @@ def test_rejected_token_is_one_clear_line(hub, adapter):
 
 def test_offline_mode_makes_no_request(adapter, monkeypatch):
     with FakeHub(token=TOKEN) as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)  # HF_HUB_OFFLINE=1 from conftest
+        hermetic_hub_env(monkeypatch, server.endpoint, adapter.parent / "hf-cache")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on an air-gapped cluster
         res = push("--folder", adapter, "--repo-id", REPO)
         assert res.exit_code == 1
         assert err(res) == "error: HF_HUB_OFFLINE is set: cannot reach the Hub (unset it, or use --dry-run)"
@@ -168,14 +165,10 @@ def test_missing_token(hub, adapter):
 def test_unreachable_hub(adapter, monkeypatch):
     import socket
 
-    import huggingface_hub.constants
-
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    hermetic_hub_env(monkeypatch, f"http://127.0.0.1:{port}", adapter.parent / "hf-cache")
     res = push("--folder", adapter, "--repo-id", REPO)
     assert res.exit_code == 1
     assert err(res).startswith(f"error: cannot reach the Hub at http://127.0.0.1:{port}: ")
