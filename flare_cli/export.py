@@ -471,7 +471,7 @@ def build_model_card(
     method = flare.get("method", "lora")
     task = flare.get("task")
     lang = flare.get("lang")
-    recorded = base_model or flare.get("base_model") or adapter_config.get("base_model_name_or_path")
+    recorded = base_model or flare.get("base_model") or adapter_config.get("base_model_name_or_path") or base_path
     base_hub = hub_id_of(recorded)
     base_local = base_path or (recorded if recorded and base_hub is None else None)
     name = repo_id.split("/")[-1] if repo_id else folder.resolve().name

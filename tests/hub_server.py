@@ -357,3 +357,7 @@ def hermetic_hub_env(monkeypatch, endpoint: str, cache_dir) -> None:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache / "hub"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(cache / "no-token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(cache / "no-stored-tokens"))
+    import huggingface_hub.hf_api
+
+    # the module-level HfApi() behind huggingface_hub.file_exists & co. took its endpoint at import
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)

@@ -269,3 +269,23 @@ def test_license_override_warns(world, hub, tmp_path):
     assert "license: apache-2.0" in res.stdout
     assert "warning: --license apache-2.0 overrides the derived licence cc-by-nc-4.0" in res.stderr
     assert NLLB in res.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "flare"])
+def test_card_python_snippet_run_as_written_gives_the_trained_model(world, hub, method):
+    """The base is on the (local) Hub too, so the card's snippet runs verbatim: downloads, loads."""
+    import re
+
+    from huggingface_hub import snapshot_download
+
+    push(world["base"], BASE_ID)  # a plain transformers folder: pushed as a model repo
+    repo = f"alice/qa-sw-{method}"
+    push(world[method], repo)
+    card = (Path(snapshot_download(repo)) / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    scope: dict = {}
+    exec(compile(snippet, "model-card", "exec"), scope)  # noqa: S102 - the card's own example
+    want, (ids, kwargs) = trained_logits(world, method)
+    with torch.no_grad():
+        got = scope["model"].eval()(ids, **kwargs).logits
+    assert (got - want).abs().max().item() < 1e-5
