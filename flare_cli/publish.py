@@ -134,7 +134,7 @@ def stage_adapter(
     meta = dict(flare.get("meta") or {})
     method = flare.get("method", "lora")
 
-    recorded_base = meta.get("base_model") or adapter_config.get("base_model_name_or_path")
+    recorded_base = meta.get("base_model") or flare.get("base_model") or adapter_config.get("base_model_name_or_path")
     hub_base = base_model or hub_id_of(recorded_base)
     if base_model and not _HUB_ID.match(base_model):
         raise ConfigError(f"--base-model must be a Hub id (user/name), not {base_model!r}")
@@ -145,7 +145,7 @@ def stage_adapter(
         )
 
     already_bundled = meta.get("bundled_task_adapter")
-    stage1_ref = task_adapter or (None if already_bundled else meta.get("task_adapter"))
+    stage1_ref = task_adapter or (None if already_bundled else meta.get("task_adapter") or flare.get("task_adapter"))
     how = "bundled" if already_bundled else None
     if already_bundled:  # a folder downloaded from a pushed repo: send its stage 1 along as it is
         sub = folder / already_bundled
@@ -184,9 +184,13 @@ def stage_adapter(
     files["adapter_config.json"] = _write_json(staging / "adapter_config.json", adapter_config)
     if flare:
         meta["base_model"] = hub_base
-        for key in ("train_data", "validation_data"):
-            if meta.get(key):
-                meta[key] = public_name(meta[key])
+        flare = dict(flare)
+        if "base_model" in flare:  # provenance written at the top level (older or hand-made folders)
+            flare["base_model"] = hub_base
+        for where in (meta, flare):  # a published file names no local path
+            for key in ("train_data", "validation_data", "task_adapter"):
+                if where.get(key):
+                    where[key] = public_name(where[key])
         if flare.get("mt_model") and hub_id_of(flare["mt_model"]) is None:
             warnings.append(
                 f"mt_model {flare['mt_model']!r} is a local folder: whoever loads this FLARE-MT adapter needs "
