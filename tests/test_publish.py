@@ -289,3 +289,59 @@ def test_card_python_snippet_run_as_written_gives_the_trained_model(world, hub, 
     with torch.no_grad():
         got = scope["model"].eval()(ids, **kwargs).logits
     assert (got - want).abs().max().item() < 1e-5
+
+
+def test_folded_lora_equals_peft_own_cat_combination(world, tmp_path):
+    """peft's add_weighted_adapter(combination_type="cat") is the library's own way to join two
+    LoRAs into one of summed rank: the folded adapter must be the same model."""
+    from peft import PeftModel
+
+    from flare_cli.publish import fold_loras
+
+    folded = tmp_path / "folded"
+    config = fold_loras(world["stage1"], world["lora"], folded / "adapter_model.safetensors")
+    (folded / "adapter_config.json").write_text(json.dumps(config))
+    ours = PeftModel.from_pretrained(fresh_base(world), str(folded)).eval()
+
+    ref = PeftModel.from_pretrained(fresh_base(world), str(world["stage1"]), adapter_name="stage1")
+    ref.load_adapter(str(world["lora"]), adapter_name="stage3")
+    ref.add_weighted_adapter(["stage1", "stage3"], [1.0, 1.0], "cat", combination_type="cat")
+    ref.set_adapter("cat")
+    ids, _ = inputs(world, "lora")
+    with torch.no_grad():
+        assert (ours(ids).logits - ref.eval()(ids).logits).abs().max().item() < 1e-5
+
+
+def test_fold_handles_disjoint_modules_ranks_rslora_and_alpha_pattern(tmp_path):
+    """Modules in only one adapter keep their own LoRA; per-module alpha and rsLoRA scalings fold exactly."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from tiny_export import make_base
+    from transformers import AutoModelForCausalLM
+
+    from flare_cli.publish import fold_loras
+
+    base = make_base(tmp_path / "base")
+
+    def lora(folder, seed, **kw):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        get_peft_model(model, LoraConfig(init_lora_weights=False, **kw)).save_pretrained(folder)
+        return folder
+
+    stage1 = lora(tmp_path / "s1", 1, r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    stage3 = lora(tmp_path / "s3", 2, r=3, lora_alpha=5, target_modules=["q_proj", "k_proj", "o_proj"],
+                  use_rslora=True, alpha_pattern={"k_proj": 11}, rank_pattern={"o_proj": 5})
+    folded = tmp_path / "folded"
+    config = fold_loras(stage1, stage3, folded / "adapter_model.safetensors")
+    (folded / "adapter_config.json").write_text(json.dumps(config))
+    assert config["r"] == 5 and config["lora_alpha"] == 5 and not config["use_rslora"]
+    assert config["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+
+    ids = torch.tensor([[1, 5, 9, 14, 22, 30, 41, 2]])
+    with_stage1 = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(stage1)).merge_and_unload()
+    want = PeftModel.from_pretrained(with_stage1, str(stage3)).eval()
+    got = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(folded)).eval()
+    with torch.no_grad():
+        w, g = want(ids).logits, got(ids).logits
+    assert (w - g).abs().max().item() < 1e-5
+    assert (w - AutoModelForCausalLM.from_pretrained(base)(ids).logits).abs().max().item() > 1e-3
