@@ -264,15 +264,14 @@ def fold_loras(stage1: Path, stage3: Path, out_file: Path) -> dict:
 
     combined: dict[str, tuple] = {}
     for module in sorted(set(parts[0]) | set(parts[1])):
-        As, Bs = [], []
-        for part, scale in zip(parts, scalings):
-            if module in part:
-                As.append(part[module]["A"])
-                Bs.append(part[module]["B"] * scale[module])  # fold the scaling into B
-        dtype = As[0].dtype
-        for t in As[1:] + Bs:
-            dtype = torch.promote_types(dtype, t.dtype)
-        combined[module] = (torch.cat([a.to(dtype) for a in As], 0), torch.cat([b.to(dtype) for b in Bs], 1))
+        present = [(part[module], scale[module]) for part, scale in zip(parts, scalings) if module in part]
+        dtype = present[0][0]["A"].dtype  # the wider of the two adapters' dtypes
+        for ab, _ in present:
+            dtype = torch.promote_types(torch.promote_types(dtype, ab["A"].dtype), ab["B"].dtype)
+        As = [ab["A"].to(dtype) for ab, _ in present]
+        # fold the scaling into B, multiplied in fp32 at least so that a half-precision B rounds once
+        Bs = [(ab["B"].to(torch.promote_types(dtype, torch.float32)) * s).to(dtype) for ab, s in present]
+        combined[module] = (torch.cat(As, 0), torch.cat(Bs, 1))
     rank = max(a.shape[0] for a, _ in combined.values())
     state = {}
     for module, (a, b) in combined.items():

@@ -190,6 +190,13 @@ def test_flare_repo_carries_its_stage1_and_load_flare_model_restores_both(world,
     with torch.no_grad():
         assert (without_stage1(ids, **kwargs).logits - want).abs().max().item() > 1e-3
 
+    # a downloaded repo pushes again as it is: its bundled stage 1 travels along unchanged
+    from huggingface_hub import snapshot_download
+
+    again = push(Path(snapshot_download(repo)), repo + "-copy")
+    assert again["task_adapter"] == "bundled"
+    assert hub.files(repo + "-copy") == hub.files(repo)
+
 
 def test_eval_takes_a_hub_id_and_scores_what_the_local_folder_scores(world, hub, tmp_path):
     push(world["flare"], "alice/qa-sw-flare")
