@@ -191,13 +191,18 @@ def stage_adapter(
             for key in ("train_data", "validation_data", "task_adapter"):
                 if where.get(key):
                     where[key] = public_name(where[key])
-        if flare.get("mt_model") and hub_id_of(flare["mt_model"]) is None:
+        mt_model = flare.get("mt_model")
+        if mt_model and hub_id_of(mt_model) is None:
+            flare["mt_model"] = public_name(mt_model)
             warnings.append(
-                f"mt_model {flare['mt_model']!r} is a local folder: whoever loads this FLARE-MT adapter needs "
-                "their own copy (`load_flare_model(..., mt_encoder=...)` or `flare eval --mt-model PATH`)"
+                f"mt_model {mt_model!r} is a local folder, published as {flare['mt_model']!r}: whoever loads this "
+                "FLARE-MT adapter needs their own copy (`load_flare_model(..., mt_encoder=...)` or "
+                "`flare eval --mt-model PATH`)"
             )
-        elif flare.get("mt_model") and hub_id_of(flare["mt_model"]) != flare["mt_model"]:
-            flare = {**flare, "mt_model": hub_id_of(flare["mt_model"])}  # a cache snapshot path -> its id
+        elif mt_model and hub_id_of(mt_model) != mt_model:  # a Hugging Face cache snapshot: its id and commit
+            flare["mt_model"] = hub_id_of(mt_model)
+            flare["mt_revision"] = flare.get("mt_revision") or _CACHE_SNAPSHOT.search(
+                Path(mt_model).expanduser().resolve().as_posix()).group(4)
         files["flare_config.json"] = _write_json(staging / "flare_config.json", {**flare, "meta": meta})
     return StagedAdapter(files=files, base_model=hub_base, base_local=recorded_base if hub_base is None else None,
                          task_adapter=how, warnings=warnings)
