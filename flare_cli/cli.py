@@ -486,8 +486,6 @@ def push(
         typer.echo("--- README.md ---")
         typer.echo(result.card)
         return
-    if result.card_written:
-        _stderr_console().print(f"wrote the model card to {folder / 'README.md'}", highlight=False)
     target = result.pr_url or result.commit_url
     if cfg.create_pr and result.pr_url and not result.changed:
         typer.echo(f"an open pull request already proposes these files: {result.pr_url}; no new one opened")

@@ -124,7 +124,7 @@ class PushResult:
     files: list[str]
     card: str
     dry_run: bool
-    card_written: bool = False  # README.md was generated into the folder
+    card_generated: bool = False  # the folder has no card of its own: one was generated for this push
     user: str | None = None
     repo_url: str | None = None
     revision: str | None = None
@@ -178,8 +178,11 @@ def _is_peft_template(card: str) -> bool:
     return "# Model Card for Model ID" in card and "<!-- Provide a quick summary" in card
 
 
-def _stage(cfg: PushConfig, folder: Path, kind: str, staging: Path, result: PushResult) -> tuple[dict, bool]:
-    """(path in repo -> local file, write the card into the folder?) for exactly what the push sends."""
+def _stage(cfg: PushConfig, folder: Path, kind: str, staging: Path, result: PushResult) -> dict:
+    """path in repo -> local file, for exactly what the push sends.
+
+    A folder without a README.md of its own gets a card generated from its current state on every
+    push (never written into the folder: a saved copy would go stale when metrics.json changes)."""
     from flare_cli.export import REPO_PLACEHOLDER, build_model_card
 
     files = {name: folder / name for name in files_to_upload(folder, kind)}
@@ -206,11 +209,11 @@ def _stage(cfg: PushConfig, folder: Path, kind: str, staging: Path, result: Push
     if REPO_PLACEHOLDER in card:  # a card `flare merge` wrote before the repo id was known
         card = card.replace(REPO_PLACEHOLDER, cfg.repo_id)
     result.card = card
-    write_into_folder = original is None
+    result.card_generated = not keep_card
     if card != original:
         _write_atomic(staging / "README.md", card)
         files["README.md"] = staging / "README.md"
-    return dict(sorted(files.items())), write_into_folder
+    return dict(sorted(files.items()))
 
 
 def run(cfg: PushConfig) -> PushResult:
@@ -226,7 +229,7 @@ def run(cfg: PushConfig) -> PushResult:
                         revision=cfg.revision or "main")
     staging = Path(tempfile.mkdtemp(prefix="flare-push-"))
     try:
-        files, generated = _stage(cfg, folder, kind, staging, result)
+        files = _stage(cfg, folder, kind, staging, result)
         result.files = list(files)
         if cfg.dry_run:
             return result
@@ -239,7 +242,7 @@ def run(cfg: PushConfig) -> PushResult:
         if not token:
             raise HubError("no Hub token: pass --token, set HF_TOKEN or run `hf auth login`")
         try:
-            return _push(cfg, folder, result, token, files, generated)
+            return _push(cfg, result, token, files)
         except HubError as err:
             raise HubError(_scrub(str(err), raw_token)) from None
         except Exception as err:  # anything else may quote a header: never let it reach a traceback
@@ -248,7 +251,7 @@ def run(cfg: PushConfig) -> PushResult:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _push(cfg: PushConfig, folder: Path, result: PushResult, token: str, files: dict, generated: bool) -> PushResult:
+def _push(cfg: PushConfig, result: PushResult, token: str, files: dict) -> PushResult:
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(endpoint=_endpoint(), token=token)
@@ -263,10 +266,6 @@ def _push(cfg: PushConfig, folder: Path, result: PushResult, token: str, files: 
         if cfg.revision and cfg.revision != "main":
             api.create_branch(cfg.repo_id, branch=cfg.revision, exist_ok=True)
         head_before = api.repo_info(cfg.repo_id, revision=cfg.revision).sha
-    if generated:
-        # The card belongs to the adapter folder too: a later push or `flare eval` finds it there.
-        _write_atomic(folder / "README.md", result.card)
-        result.card_written = True
     with _hub_errors(api.endpoint, token):
         if cfg.create_pr:
             open_pr = _open_pr_with(api, cfg.repo_id, files)

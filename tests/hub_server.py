@@ -361,3 +361,10 @@ def hermetic_hub_env(monkeypatch, endpoint: str, cache_dir) -> None:
 
     # the module-level HfApi() behind huggingface_hub.file_exists & co. took its endpoint at import
     monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(cache / "agent-harnesses.json"), raising=False)
+    try:  # huggingface_hub >= 2.3 fetches an agent registry from the endpoint once per process: not here
+        import huggingface_hub.utils._detect_agent as detect
+
+        monkeypatch.setattr(detect, "_registry", detect._EMPTY_REGISTRY)
+    except (ImportError, AttributeError):
+        pass

@@ -74,7 +74,8 @@ def test_push_uploads_allow_listed_files_and_card(hub, adapter):
     assert [r.status for r in hub.requests] == [200] * len(hub.requests)
 
     card = files["README.md"].decode()
-    assert card == (adapter / "README.md").read_text() and out["card_written"] is True
+    assert out["card_generated"] is True and card == out["card"]
+    assert not (adapter / "README.md").exists()  # the folder stays as training left it
     assert "base_model: meta-llama/Llama-3.1-8B" in card and "base_model_relation: adapter" in card
     assert "library_name: peft" in card and "license: cc-by-nc-4.0" in card
     assert "value: 0.61" in card and "facebook/nllb-200-distilled-600M" in card
@@ -93,7 +94,10 @@ def test_rerun_makes_no_empty_commit(hub, adapter):
 
     (adapter / "metrics.json").write_text(json.dumps({"metric": "exact_match", "value": 0.63}))
     assert push("--folder", adapter, "--repo-id", REPO, "-m", "new metrics").exit_code == 0
-    assert hub.commits(REPO)[-1] == {**hub.commits(REPO)[-1], "summary": "new metrics", "files": ["metrics.json"]}
+    # the generated card follows the new metrics: it is part of the commit
+    assert hub.commits(REPO)[-1] == {**hub.commits(REPO)[-1], "summary": "new metrics",
+                                     "files": ["README.md", "metrics.json"]}
+    assert "value: 0.63" in hub.files(REPO)["README.md"].decode()
 
 
 def test_revision_branch_is_created_and_reused(hub, adapter):
@@ -329,7 +333,6 @@ def test_local_base_path_is_never_published(hub, adapter, tmp_path):
         assert str(tmp_path).encode() not in content, name
     assert json.loads(hub.files(REPO)["adapter_config.json"])["base_model_name_or_path"] is None
 
-    (adapter / "README.md").unlink()
     res = push("--folder", adapter, "--repo-id", REPO, "--base-model", "meta-llama/Llama-3.1-8B")
     assert res.exit_code == 0, res.output
     card = hub.files(REPO)["README.md"].decode()
