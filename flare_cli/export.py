@@ -335,6 +335,20 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------- model card
 
+def _encoder_head(flare: dict):
+    """The task head an encoder adapter was trained with (flare_config.json meta), or None (decoder)."""
+    try:
+        from flare_cli.flare.encoder import HEADS
+    except ImportError:  # a flare_cli without encoder support: every adapter is a decoder's
+        return None
+    return HEADS.get(flare.get("head") or "")
+
+
+def _head_kwargs(flare: dict) -> str:
+    labels = flare.get("labels")
+    return f", num_labels={len(labels)}" if _encoder_head(flare) and labels else ""
+
+
 def read_metrics(folder: Path) -> list[dict]:
     path = Path(folder) / "metrics.json"
     if not path.exists():
@@ -494,11 +508,12 @@ def build_model_card(
     datasets = list(flare.get("datasets") or [])
     datasets += [d for d in (_hub_dataset(flare.get("train_data")), _hub_dataset(flare.get("validation_data"))) if d]
     language = hub_language(lang)
+    head = _encoder_head(flare)
     data = ModelCardData(
         base_model=base_hub,
         base_model_relation=relation if base_hub else None,
         library_name="peft" if relation == "adapter" else "transformers",
-        pipeline_tag=PIPELINE_TAG,
+        pipeline_tag=head.pipeline_tag if head else PIPELINE_TAG,
         language=[language] if language else None,
         license=chosen,
         tags=list(dict.fromkeys(tags)),
@@ -629,9 +644,11 @@ def _card_body(
         lines += ["Replace `BASE_MODEL` below with the base model this adapter was trained on "
                   f"(a local folder named `{base_shown}`).", ""]
     task_lang = f" --task {task or 'TASK'} --lang {lang or 'LANG'}"
+    head = _encoder_head(flare)
+    auto_class = head.auto_class if head else "AutoModelForCausalLM"
     if relation == "merge":
-        lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                  f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")',
+        lines += ["```python", f"from transformers import {auto_class}, AutoTokenizer", "",
+                  f'model = {auto_class}.from_pretrained("{repo_id}")',
                   f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", ""]
     elif is_flare:
         lines += [
@@ -643,11 +660,11 @@ def _card_body(
             "```",
             "",
             "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f"from transformers import {auto_class}, AutoTokenizer",
             "",
             "from flare_cli.flare import load_flare_model",
             "",
-            f'base = AutoModelForCausalLM.from_pretrained("{base_code}")',
+            f'base = {auto_class}.from_pretrained("{base_code}"{_head_kwargs(flare)})',
             f'tokenizer = AutoTokenizer.from_pretrained("{base_code}")',
             f'model = load_flare_model(base, "{repo_id}")  # downloads the repo; merges its stage-1 adapter',
             "```",
@@ -670,9 +687,9 @@ def _card_body(
         lines += [
             "```python",
             "from peft import PeftModel",
-            "from transformers import AutoModelForCausalLM",
+            f"from transformers import {auto_class}",
             "",
-            f'base = AutoModelForCausalLM.from_pretrained("{base_code}")',
+            f'base = {auto_class}.from_pretrained("{base_code}"{_head_kwargs(flare)})',
             f'model = PeftModel.from_pretrained(base, "{repo_id}")',
             "```",
             "",
