@@ -358,3 +358,16 @@ def test_fold_handles_disjoint_modules_ranks_rslora_and_alpha_pattern(tmp_path):
         w, g = want(ids).logits, got(ids).logits
     assert (w - g).abs().max().item() < 1e-5
     assert (w - AutoModelForCausalLM.from_pretrained(base)(ids).logits).abs().max().item() > 1e-3
+
+
+def test_task_adapter_as_a_hub_id_in_load_base_model(world, hub):
+    """`flare train/eval --task-adapter user/repo`: load_base_model resolves the Hub id like a folder."""
+    from flare_cli.modeling import load_base_model
+
+    res = runner.invoke(app, ["push", "--folder", str(world["stage1"]), "--repo-id", "alice/qa-en", "--json"])
+    assert res.exit_code == 0, res.output
+    local, _ = load_base_model(str(world["base"]), task_adapter=str(world["stage1"]), dtype="fp32", device="cpu")
+    remote, _ = load_base_model(str(world["base"]), task_adapter="alice/qa-en", dtype="fp32", device="cpu")
+    ids, _ = inputs(world, "lora")
+    with torch.no_grad():
+        assert torch.equal(local(ids).logits, remote(ids).logits)
