@@ -434,8 +434,12 @@ def _encoder_head(flare: dict):
 
 
 def _head_kwargs(flare: dict) -> str:
+    """from_pretrained arguments of a classification head: its size and label names in training's order."""
     labels = flare.get("labels")
-    return f", num_labels={len(labels)}" if _encoder_head(flare) and labels else ""
+    if not (_encoder_head(flare) and labels):
+        return ""
+    id2label = dict(enumerate(labels))
+    return f", num_labels={len(labels)}, id2label={id2label!r}, label2id={ {v: k for k, v in id2label.items()}!r}"
 
 
 def read_metrics(folder: Path) -> list[dict]:

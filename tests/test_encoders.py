@@ -328,7 +328,9 @@ def test_cli_classification_train_eval_merge(world, tmp_path):
     assert res.exit_code == 2 and "is a FLARE adapter" in res.output
     card = str(build_model_card(flare))
     assert "pipeline_tag: text-classification" in card
-    assert 'load_base_model("' in card and 'task=get_task("nli"))' in card
+    # the card loads the head with plain transformers, its labels named in training's order
+    assert "AutoModelForSequenceClassification.from_pretrained(" in card
+    assert "num_labels=3, id2label={0: 'entailment', 1: 'neutral', 2: 'contradiction'}" in card
 
     lora = tmp_path / "lora"
     assert train(world, lora, "nli", "lora").exit_code == 0
