@@ -239,7 +239,7 @@ def test_merge_accepts_its_own_base_in_another_dtype(world, finished, tmp_path):
 
 
 class EchoEngine:
-    engine, model_id = "echo", "test/echo"
+    engine, model_id, device, compute_type = "echo", "test/echo", "cpu", "exact"
 
     def identity(self):
         return "v1"
