@@ -225,6 +225,14 @@ def _module_scalings(config: dict, modules: dict[str, dict]) -> dict[str, float]
     return out
 
 
+def _saved_modules(state: dict, config: dict) -> dict:
+    """The tensors of fully trained modules (``modules_to_save``: an encoder's task head), which
+    peft stores under the module's own path; the rest of ``state`` is LoRA."""
+    names = config.get("modules_to_save") or []
+    return {key: tensor for key, tensor in state.items()
+            if not _LORA_KEY.match(key) and any(f".{name}." in f".{key}" for name in names)}
+
+
 def _lora_modules(state: dict, where: Path) -> dict[str, dict]:
     modules: dict[str, dict] = {}
     for key, tensor in state.items():
@@ -238,7 +246,7 @@ def _lora_modules(state: dict, where: Path) -> dict[str, dict]:
     return modules
 
 
-_UNFOLDABLE = ("use_dora", "lora_bias", "modules_to_save", "target_parameters")
+_UNFOLDABLE = ("use_dora", "lora_bias", "target_parameters")
 
 
 def _check_plain(config: dict, where: Path) -> None:
@@ -264,6 +272,10 @@ def fold_loras(stage1: Path, stage3: Path, out_file: Path) -> dict:
         raise DataError(f"{stage1} and {stage3} disagree on fan_in_fan_out; cannot fold them into one LoRA")
     states = [load_file(str(p / "adapter_model.safetensors")) for p in (stage1, stage3)]
     states[1] = {k: v for k, v in states[1].items() if "lora_flare_" not in k}  # never present for lora/input-fusion
+    # Fully trained modules (an encoder's head) are not LoRA: stage 3 trained its copy starting from
+    # stage 1's (merged into its base), so stage 3's replaces stage 1's; one only stage 1 saved stays.
+    saved = [_saved_modules(s, c) for s, c in zip(states, configs)]
+    states = [{k: v for k, v in s.items() if k not in kept} for s, kept in zip(states, saved)]
     parts = [_lora_modules(s, p) for s, p in zip(states, (stage1, stage3))]
     scalings = [_module_scalings(c, m) for c, m in zip(configs, parts)]
 
@@ -286,6 +298,7 @@ def fold_loras(stage1: Path, stage3: Path, out_file: Path) -> dict:
             b = torch.cat([b, b.new_zeros(b.shape[0], pad)], 1)
         state[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = a.contiguous()
         state[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = b.contiguous()
+    state.update({**saved[0], **saved[1]})
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out_file), metadata={"format": "pt"})
 
@@ -293,6 +306,8 @@ def fold_loras(stage1: Path, stage3: Path, out_file: Path) -> dict:
     config.update(r=rank, lora_alpha=rank, rank_pattern={}, alpha_pattern={}, use_rslora=False,
                   target_modules=_combined_targets(configs, combined), layers_to_transform=None,
                   layers_pattern=None, exclude_modules=None)
+    heads = list(dict.fromkeys((configs[0].get("modules_to_save") or []) + (configs[1].get("modules_to_save") or [])))
+    config["modules_to_save"] = heads or None
     return config
 
 

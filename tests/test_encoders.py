@@ -471,3 +471,35 @@ def test_flare_learns_what_only_the_pivot_carries(world, tmp_path):
         scores[method] = json.loads(res.stdout[res.stdout.index("{"):])["macro_f1"]
     assert losses["lora"] > 1.0 and scores["lora"] < 20  # one class for every row
     assert losses["flare"] < 0.7 and scores["flare"] > scores["lora"] + 25, (scores, losses)
+
+
+def test_pushed_encoder_lora_on_stage1_is_one_plain_adapter_with_the_trained_head(world, tmp_path):
+    """An encoder LoRA trained on base + a stage-1 adapter publishes as one peft adapter: the two
+    LoRAs fold, and the head (modules_to_save) is stage 3's; plain transformers + peft rebuild
+    the trained classifier from the base alone."""
+    from transformers import AutoModelForSequenceClassification
+
+    from flare_cli.modeling import load_base_model
+    from flare_cli.publish import fold_loras
+    from flare_cli.tasks.registry import get_task
+
+    stage1, stage3 = tmp_path / "stage1", tmp_path / "stage3"
+    assert train(world, stage1, "nli", "lora").exit_code == 0
+    assert train(world, stage3, "nli", "lora", "--task-adapter", stage1, "--seed", "2").exit_code == 0
+    folded = tmp_path / "folded"
+    config = fold_loras(stage1, stage3, folded / "adapter_model.safetensors")
+    (folded / "adapter_config.json").write_text(json.dumps(config))
+    assert "classifier" in config["modules_to_save"]  # peft adds its SEQ_CLS head names
+
+    trained, tokenizer = load_base_model(str(world / "base"), task_adapter=str(stage1), task=get_task("nli"))
+    trained = PeftModel.from_pretrained(trained, str(stage3)).eval()
+    labels = ["entailment", "neutral", "contradiction"]
+    plain = AutoModelForSequenceClassification.from_pretrained(
+        world / "base", num_labels=3, id2label=dict(enumerate(labels)), label2id={v: k for k, v in enumerate(labels)})
+    plain = PeftModel.from_pretrained(plain, str(folded)).eval()
+    batch = tokenizer(["Mvua inanyesha leo.", "Paka analala."], ["Kuna mvua.", "Mbwa anakimbia."],
+                      return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want, got = trained(**batch).logits, plain(**batch).logits
+    assert (want - got).abs().max().item() < 1e-5
+    assert want.abs().max().item() > 1e-3  # a real output, not two zero heads agreeing
