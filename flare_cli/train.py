@@ -147,6 +147,8 @@ class TrainConfig:
         if self.optim == "paged_adamw_8bit" and not _has_module("bitsandbytes"):
             raise ConfigError("--optim paged_adamw_8bit needs bitsandbytes (pip install 'flare-cli[quant]'), "
                               "which is not installed")
+        if self.load_in_4bit and not _has_module("bitsandbytes"):
+            raise ConfigError("--load-in-4bit needs bitsandbytes: pip install 'flare-cli[quant]'")
         if self.lr_scheduler_type not in LR_SCHEDULERS:
             raise ConfigError(f"unknown lr_scheduler_type {self.lr_scheduler_type!r}; "
                               f"choose one of: {', '.join(LR_SCHEDULERS)}")
@@ -526,10 +528,14 @@ def validation_loss(fm, examples, pad_id: int, micro: int, device, dist=None) ->
 def build_optimizer(cfg: TrainConfig, params: list):
     """--optim through transformers' own factory (the class and keyword arguments its Trainer uses
     for the same name), over one parameter group with --weight-decay."""
+    from accelerate.state import PartialState
     from transformers import Trainer, TrainingArguments
 
+    # under torchrun / accelerate launch, TrainingArguments must reuse the process group that
+    # distributed.py set up (by default it resets accelerate's state)
+    configured = {"use_configured_state": True} if PartialState._shared_state else None
     args = TrainingArguments(optim=cfg.optim, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                             report_to="none")
+                             report_to="none", accelerator_config=configured)
     try:
         optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     except (ImportError, ValueError) as err:
