@@ -144,6 +144,46 @@ def _root(
     """FLARE: adapt an LLM to a new language with LoRA adapters that fuse an English pivot."""
 
 
+def config_file_option(schema: str):
+    """-c/--config for a command whose flags map onto a stage config (``schema``: "module:Class").
+
+    The YAML's keys become the command's defaults (click's default_map), so a flag given on the
+    command line wins and a required option may come from the file. Each value is typed through
+    the stage config's field (pydantic: ``1e-4`` is a float); an unknown key, or a value of the
+    wrong type, is one error line (exit 2)."""
+
+    def load(ctx, param, value):
+        if not value:
+            return value
+        import importlib
+
+        from flare_cli.config import read_yaml, typed_values
+        from flare_cli.errors import ConfigError
+
+        module, name = schema.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        params = {p.name: p for p in ctx.command.params if p.name not in (param.name, "help")}
+        try:
+            values = read_yaml(value)
+            unknown = sorted(set(values) - set(params))
+            if unknown:
+                raise ConfigError(f"{value}: unknown key {unknown[0]!r} (known: {', '.join(sorted(params))})")
+            fields = {f for f in cls.__dataclass_fields__} & set(values)
+            values.update(typed_values(cls, {k: values[k] for k in fields}, value))
+        except ConfigError as err:
+            raise click_errors.UsageError(str(err)) from None
+        for key, item in values.items():
+            if params[key].multiple and not isinstance(item, (list, tuple)):
+                values[key] = [item]
+            elif isinstance(item, Path):
+                values[key] = str(item)
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+        return value
+
+    return typer.Option(None, "-c", "--config", help="YAML config: its keys are this command's options; flags "
+                        "given override them.", show_default=False, is_eager=True, callback=load)
+
+
 class _RichTranslateProgress:
     """rich progress on stderr for `flare translate`: segments, generated tokens/s, ETA."""
 
@@ -172,6 +212,7 @@ class _RichTranslateProgress:
 
 @app.command()
 def translate(
+    config: Optional[str] = config_file_option("flare_cli.translate:TranslateConfig"),
     input: str = typer.Option(..., "--input", "-i", help="Task data: .jsonl, .csv or .parquet; '-' reads JSONL from stdin."),
     output: str = typer.Option(..., "--output", "-o", help="Where to write: .jsonl or .parquet; '-' writes JSONL to stdout."),
     lang: str = typer.Option(..., "--lang", "-l", help="The non-English language: sw, swa, sw-KE, swh_Latn, ..."),
@@ -436,6 +477,7 @@ def _training_progress():
 
 @app.command("eval")
 def eval_(
+    config: Optional[str] = config_file_option("flare_cli.evaluate:EvalConfig"),
     adapters: list[str] = typer.Argument(None, help="Adapter folders to compare (same as repeated --adapter).", show_default=False),
     adapter: list[str] = typer.Option([], "--adapter", help="Adapter folder (repeatable).", show_default=False),
     compare: bool = typer.Option(False, "--compare", help="Side-by-side table of every adapter/method given."),
@@ -553,6 +595,7 @@ def _eval_line(m: dict, output_dir: str) -> str:
 
 @app.command()
 def merge(
+    config: Optional[str] = config_file_option("flare_cli.export:MergeConfig"),
     adapter: Path = typer.Option(..., "--adapter", help="Saved adapter folder (adapter_config.json + weights)."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the merged model."),
     base: Optional[str] = typer.Option(
@@ -599,6 +642,7 @@ def merge(
 
 @app.command()
 def push(
+    config: Optional[str] = config_file_option("flare_cli.hub:PushConfig"),
     folder: Path = typer.Option(..., "--folder", help="Adapter folder or merged-model folder to upload."),
     repo_id: str = typer.Option(..., "--repo-id", help="Target repository, user/name or org/name."),
     private: Optional[bool] = typer.Option(
@@ -646,6 +690,7 @@ def push(
 
 @app.command()
 def demo(
+    config: Optional[str] = config_file_option("flare_cli.demo:DemoConfig"),
     quick: bool = typer.Option(False, "--quick", help="A small world and a few steps (the CI end-to-end run)."),
     workdir: str = typer.Option("flare-demo", "--workdir", "-o", help="Where data, adapters and evals go (resumable)."),
     task: str = typer.Option("qa", "--task", help="qa | nli | sentiment."),
