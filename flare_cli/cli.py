@@ -342,6 +342,7 @@ def schema_command(cls, extra: list, skip: tuple[str, ...] = ()):
         params.sort(key=lambda p: order.get(p.default.rich_help_panel, -1))  # stable: field order within a panel
         fn.__signature__ = inspect.Signature(params)
         fn.__annotations__ = {p.name: p.annotation for p in params}
+        fn.yaml_keys = {f.name for f in dataclasses.fields(cls)}  # -c takes the config's fields, not --dry-run
         return fn
 
     return decorate
@@ -796,6 +797,37 @@ def env_(json_out: bool = typer.Option(False, "--json", help="Machine-readable o
     width = max(len(k) for k in info)
     for key, value in info.items():
         typer.echo(f"{key:<{width}}  {value}")
+
+
+# command -> its stage config, in pipeline order (docs/config.md)
+CONFIG_SCHEMAS = (("translate", "flare_cli.translate:TranslateConfig"), ("train", "flare_cli.train:TrainConfig"),
+                  ("eval", "flare_cli.evaluate:EvalConfig"), ("merge", "flare_cli.export:MergeConfig"),
+                  ("push", "flare_cli.hub:PushConfig"), ("demo", "flare_cli.demo:DemoConfig"))
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "train_qa_sw.yaml"
+
+
+def config_reference() -> str:
+    """docs/config.md, generated: every YAML key of every command (`python -m flare_cli.config --markdown`)."""
+    import importlib
+
+    from flare_cli.config import SECRET_KEYS, reference_markdown
+
+    group = typer.main.get_command(app)
+    schemas = []
+    for command, schema in CONFIG_SCHEMAS:
+        module, name = schema.split(":")
+        options = {}
+        yaml_keys = getattr(group.commands[command].callback, "yaml_keys", None)
+        for p in group.commands[command].params:
+            if p.name in ("config", "help", "json_out", *SECRET_KEYS) or not p.expose_value \
+                    or (yaml_keys is not None and p.name not in yaml_keys):
+                continue
+            default = "required" if p.required else "none" if p.default is None else str(p.default).lower() \
+                if isinstance(p.default, bool) else str(p.default)
+            kind = "bool" if getattr(p, "is_flag", False) else "text" if p.default in (None, []) else type(p.default).__name__
+            options[p.name] = (kind + (" (repeatable)" if p.multiple else ""), default, p.help or "")
+        schemas.append((command, getattr(importlib.import_module(module), name), options))
+    return reference_markdown(schemas, EXAMPLE_CONFIG.read_text(encoding="utf-8"))
 
 
 def main() -> None:

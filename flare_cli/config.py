@@ -124,9 +124,10 @@ def default_text(f: dataclasses.Field) -> str:
     return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def reference_markdown(schemas: list[tuple[str, type, dict[str, str]]]) -> str:
-    """docs/config.md: one table per command; help from the field metadata, else ``cli_help``
-    (the help of the command's option of the same name)."""
+def reference_markdown(schemas: list[tuple[str, type, dict[str, tuple[str, str, str]]]], example: str) -> str:
+    """docs/config.md: one table per command, one row per YAML key (``options``: key -> the CLI
+    option's type, default and help); type, default and help come from the stage config's field
+    where the key is one, else from the option."""
     lines = [
         "# Configuration reference",
         "",
@@ -138,21 +139,21 @@ def reference_markdown(schemas: list[tuple[str, type, dict[str, str]]]) -> str:
         "`r: \"8\"` an int, `overwrite: yes` a boolean. Booleans have `--no-` forms on the command line.",
         "",
         "```yaml",
-        "# flare train -c examples/train_qa_sw.yaml",
-        *Path(__file__).resolve().parent.parent.joinpath("examples", "train_qa_sw.yaml")
-        .read_text(encoding="utf-8").splitlines()[1:],
+        *example.rstrip("\n").splitlines(),
         "```",
         "",
     ]
-    for command, cls, cli_help in schemas:
-        lines += [f"## `flare {command}` ({cls.__name__})", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for command, cls, options in schemas:
+        lines += [f"## `flare {command}`", "", f"Schema: `{cls.__module__}.{cls.__name__}`.", "",
+                  "| key | type | default | meaning |", "|---|---|---|---|"]
         types = field_types(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in SECRET_KEYS:
-                continue
-            text = f.metadata.get("help") or cli_help.get(f.name, "")
-            text = text.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| `{f.name}` | {type_name(types[f.name])} | {default_text(f)} | {text} |")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, (cli_type, cli_default, cli_help) in options.items():
+            f = fields.get(key)
+            kind = type_name(types[key]) if f is not None else cli_type
+            default = default_text(f) if f is not None else cli_default
+            text = ((f.metadata.get("help") if f is not None else "") or cli_help or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {kind} | {default} | {' '.join(text.split())} |")
         lines.append("")
     return "\n".join(lines)
 
