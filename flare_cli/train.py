@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -425,7 +426,8 @@ def _read_checkpoint(ckpt: Path) -> dict:
             "rng": torch.load(ckpt / "rng.pt", weights_only=True),
             "state": json.loads((ckpt / "state.json").read_text(encoding="utf-8")),
         }
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, KeyError) as err:
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
+        # (torch.load of a file that is no checkpoint: "Weights only load failed" or "invalid load key")
         text = str(err).strip().splitlines()
         raise _UnusableCheckpoint(text[0] if text else type(err).__name__) from None
 
