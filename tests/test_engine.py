@@ -215,7 +215,7 @@ def test_trackers_log_what_trainer_log_holds(world, tmp_path):
     assert tb_eval.keys() == evals.keys() and all(math.isclose(tb_eval[s], evals[s], rel_tol=1e-6) for s in evals)
 
     (run_file,) = glob.glob(str(wandb_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
-    history = [{item.key: json.loads(item.value_json) for item in r.history.item}
+    history = [{(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in r.history.item}
                for r in wandb_records(run_file) if r.WhichOneof("record_type") == "history"]
     wb = {h["_step"]: h["train/loss"] for h in history if "train/loss" in h}
     assert wb == losses
