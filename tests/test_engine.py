@@ -249,3 +249,24 @@ def test_progress_bar_on_a_terminal_lines_in_a_pipe(monkeypatch, terminal):
         assert line not in text and "\x1b[" in text and "train" in text
     else:
         assert line in text and "\x1b[" not in text and "━" not in text
+
+
+# ------------------------------------------------------------------------- FSDP / DeepSpeed
+@pytest.mark.parametrize("variable, engine", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_sharded_engines_are_refused_in_one_line(world, tmp_path, variable, engine):
+    # what `accelerate launch --config_file examples/accelerate/{fsdp,deepspeed_zero*}.yaml` sets
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", variable: "true"}
+    result = invoke(argv(world, tmp_path / "out"), env=env)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines == [lines[0]] and \
+        lines[0].startswith(f"error: flare train does not run under {engine} yet"), result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_example_accelerate_configs_say_their_status():
+    root = Path(__file__).resolve().parent.parent / "examples" / "accelerate"
+    import yaml
+
+    for name, kind in (("fsdp.yaml", "FSDP"), ("deepspeed_zero2.yaml", "DEEPSPEED"), ("deepspeed_zero3.yaml", "DEEPSPEED")):
+        text = (root / name).read_text()
+        assert "STATUS: REFUSED" in text and yaml.safe_load(text)["distributed_type"] == kind
