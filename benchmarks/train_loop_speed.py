@@ -2,7 +2,7 @@
 
 One run builds a Llama-shaped base with random weights and a toy QA file (nothing downloaded),
 extracts the baseline revision with `git archive`, and runs `flare_cli.train.run` from each tree
-in its own process, alternating (base, new, base, new, ...) so load from other processes hits both
+in its own process, alternating (base, new, new, base, ...) so load from other processes hits both
 alike. Per run it takes the step marks of trainer_log records (--logging-steps 1) and reports the
 median over runs of (time between the first timed step and the last) / steps, for wall clock
 (perf_counter) and process CPU time (process_time); checkpoints are written only at the end.
@@ -96,7 +96,8 @@ def main(argv=None) -> None:
         build_world(tmp, args.preset, rows=args.micro_batch * args.accum * 8)
         times = {"baseline": [], "current": []}
         for run in range(args.runs):
-            for name, tree in (("baseline", baseline), ("current", ROOT)):
+            pair = (("baseline", baseline), ("current", ROOT))
+            for name, tree in pair if run % 2 == 0 else pair[::-1]:  # neither tree always runs first
                 cfg = {"base": str(tmp / "base"), "output_dir": str(tmp / f"out-{name}-{run}"), "task": "qa",
                        "lang": "sw", "method": args.method, "data": str(tmp / "train.jsonl"), "learning_rate": 1e-4,
                        "micro_batch_size": args.micro_batch, "batch_size": args.micro_batch * args.accum,
