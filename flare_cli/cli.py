@@ -157,7 +157,7 @@ def config_file_option(schema: str):
             return value
         import importlib
 
-        from flare_cli.config import read_yaml, typed_values
+        from flare_cli.config import field_types, read_yaml, typed_values
         from flare_cli.errors import ConfigError
 
         module, name = schema.split(":")
@@ -168,8 +168,14 @@ def config_file_option(schema: str):
             unknown = sorted(set(values) - set(params))
             if unknown:
                 raise ConfigError(f"{value}: unknown key {unknown[0]!r} (known: {', '.join(sorted(params))})")
-            fields = {f for f in cls.__dataclass_fields__} & set(values)
-            values.update(typed_values(cls, {k: values[k] for k in fields}, value))
+            types = field_types(cls)
+            for key in set(types) & set(values):
+                if _is_sequence(types[key]) and not params[key].multiple:
+                    # a list field behind a comma-separated flag (translate --fields): the flag's text
+                    if isinstance(values[key], (list, tuple)):
+                        values[key] = ",".join(str(v) for v in values[key])
+                else:
+                    values.update(typed_values(cls, {key: values[key]}, value))
         except ConfigError as err:
             raise click_errors.UsageError(str(err)) from None
         for key, item in values.items():
@@ -182,6 +188,13 @@ def config_file_option(schema: str):
 
     return typer.Option(None, "-c", "--config", help="YAML config: its keys are this command's options; flags "
                         "given override them.", show_default=False, is_eager=True, callback=load)
+
+
+def _is_sequence(annotation) -> bool:
+    import typing
+
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return any(typing.get_origin(k) in (list, tuple) or k in (list, tuple) for k in kinds)
 
 
 class _RichTranslateProgress:

@@ -179,3 +179,24 @@ def test_a_push_config_reaches_the_stage(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(f"folder: {tmp_path / 'missing'}\nrepo_id: a/b\ndry_run: yes\n")
     assert f"{tmp_path / 'missing'}" in one_error_line(invoke(["push", "-c", str(path)]))
+
+
+@pytest.mark.parametrize("fields", ["[question, context]", "question,context"])
+def test_a_list_field_behind_a_text_flag(tmp_path, fields):
+    path = tmp_path / "t.yaml"
+    path.write_text(f"input: {tmp_path / 'in.jsonl'}\noutput: {tmp_path / 'o.jsonl'}\nlang: sw\nfields: {fields}\n")
+    rows = tmp_path / "in.jsonl"
+    rows.write_text(json.dumps({"id": "1", "question": "q", "context": "c"}) + "\n")
+    from flare_cli import translate as translate_stage
+
+    seen = {}
+
+    def fake_run(cfg, progress=None):
+        seen["fields"] = cfg.fields
+        raise translate_stage.ConfigError("stop here")
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(translate_stage, "run", fake_run):
+        one_error_line(invoke(["translate", "-c", str(path), "--quiet"]))
+    assert seen["fields"] == ("question", "context")
