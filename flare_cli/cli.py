@@ -144,6 +144,59 @@ def _root(
     """FLARE: adapt an LLM to a new language with LoRA adapters that fuse an English pivot."""
 
 
+def config_file_option(schema: str):
+    """-c/--config for a command whose flags map onto a stage config (``schema``: "module:Class").
+
+    The YAML's keys become the command's defaults (click's default_map), so a flag given on the
+    command line wins and a required option may come from the file. Each value is typed through
+    the stage config's field (pydantic: ``1e-4`` is a float); an unknown key, or a value of the
+    wrong type, is one error line (exit 2)."""
+
+    def load(ctx, param, value):
+        if not value:
+            return value
+        import importlib
+
+        from flare_cli.config import field_types, read_yaml, typed_values
+        from flare_cli.errors import ConfigError
+
+        module, name = schema.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        params = {p.name: p for p in ctx.command.params if p.name not in (param.name, "help")}
+        try:
+            values = read_yaml(value)
+            unknown = sorted(set(values) - set(params))
+            if unknown:
+                raise ConfigError(f"{value}: unknown key {unknown[0]!r} (known: {', '.join(sorted(params))})")
+            types = field_types(cls)
+            for key in set(types) & set(values):
+                if _is_sequence(types[key]) and not params[key].multiple:
+                    # a list field behind a comma-separated flag (translate --fields): the flag's text
+                    if isinstance(values[key], (list, tuple)):
+                        values[key] = ",".join(str(v) for v in values[key])
+                else:
+                    values.update(typed_values(cls, {key: values[key]}, value))
+        except ConfigError as err:
+            raise click_errors.UsageError(str(err)) from None
+        for key, item in values.items():
+            if params[key].multiple and not isinstance(item, (list, tuple)):
+                values[key] = [item]
+            elif isinstance(item, Path):
+                values[key] = str(item)
+        ctx.default_map = {**(ctx.default_map or {}), **values}
+        return value
+
+    return typer.Option(None, "-c", "--config", help="YAML config: its keys are this command's options; flags "
+                        "given override them.", show_default=False, is_eager=True, callback=load)
+
+
+def _is_sequence(annotation) -> bool:
+    import typing
+
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return any(typing.get_origin(k) in (list, tuple) or k in (list, tuple) for k in kinds)
+
+
 class _RichTranslateProgress:
     """rich progress on stderr for `flare translate`: segments, generated tokens/s, ETA."""
 
@@ -172,6 +225,7 @@ class _RichTranslateProgress:
 
 @app.command()
 def translate(
+    config: Optional[str] = config_file_option("flare_cli.translate:TranslateConfig"),
     input: str = typer.Option(..., "--input", "-i", help="Task data: .jsonl, .csv or .parquet; '-' reads JSONL from stdin."),
     output: str = typer.Option(..., "--output", "-o", help="Where to write: .jsonl or .parquet; '-' writes JSONL to stdout."),
     lang: str = typer.Option(..., "--lang", "-l", help="The non-English language: sw, swa, sw-KE, swh_Latn, ..."),
@@ -266,62 +320,88 @@ def translate(
         )
 
 
-def _opt(help_text: str, *names: str):
-    """An option that defaults to None, so a YAML value is only overridden by a flag actually given."""
-    return typer.Option(None, *names, help=help_text, show_default=False)
+def schema_options(cls, skip: tuple[str, ...] = ()) -> list:
+    """One typer option per field of a stage's config dataclass, from the field itself: flag
+    --field-name plus the aliases in its metadata, its help, its default (shown as "(default: x)"),
+    its help panel; booleans get a --no- form. Every option defaults to None, so a YAML value (-c)
+    is overridden only by a flag actually given."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from flare_cli.config import default_text, field_types
+
+    types = field_types(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = [a for a in typing.get_args(types[f.name]) if a is not type(None)] or [types[f.name]]
+        kind = kind[0] if kind[0] in (bool, int, float, str) else str  # lists and mappings: comma-separated text
+        flag = "--" + f.name.replace("_", "-")
+        names = [f"{flag}/--no-{flag[2:]}" if kind is bool else flag, *f.metadata.get("flags", ())]
+        text = f.metadata.get("help", "")
+        shown = default_text(f)
+        if shown not in ("none", "required"):
+            text += f" (default: {shown})"
+        elif shown == "required":
+            text += " (required)"
+        default = typer.Option(None, *names, help=text, show_default=False, rich_help_panel=f.metadata.get("panel"))
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Optional[kind]))
+    return params
+
+
+def schema_command(cls, extra: list, skip: tuple[str, ...] = ()):
+    """Decorator: the function takes **options; its typer signature is ``extra`` (inspect.Parameters
+    of the command's own flags: -c, --dry-run, --json) plus schema_options(cls)."""
+    import inspect
+
+    def decorate(fn):
+        import dataclasses
+
+        params = [*schema_options(cls, skip), *extra]
+        panels = list(dict.fromkeys(f.metadata.get("panel") for f in dataclasses.fields(cls)))
+        order = {panel: i for i, panel in enumerate(sorted(panels, key=lambda p: p in ("Output", None)))}
+        params.sort(key=lambda p: order.get(p.default.rich_help_panel, -1))  # stable: field order within a panel
+        fn.__signature__ = inspect.Signature(params)
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        fn.yaml_keys = {f.name for f in dataclasses.fields(cls)}  # -c takes the config's fields, not --dry-run
+        return fn
+
+    return decorate
+
+
+def _flag(name: str, annotation, option):
+    import inspect
+
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _config_option():
+    return typer.Option(None, "-c", "--config", help="YAML config; flags given override its keys.", show_default=False)
+
+
+_OUTPUT_PANEL = "Output"
+from flare_cli.train import TrainConfig as _TrainConfig  # noqa: E402  (no torch: the schema only)
 
 
 @app.command()
-def train(
-    config: Optional[str] = typer.Option(None, "-c", "--config", help="YAML config; flags override its keys."),
-    base: Optional[str] = _opt("Base model: Hub id or local folder.", "--base"),
-    output_dir: Optional[str] = _opt("Output folder (resumed from its last checkpoint unless --overwrite).", "--output-dir", "-o"),
-    task: Optional[str] = _opt("Task: qa, nli, sentiment or custom; an encoder base gets its head from it (default: qa).", "--task"),
-    lang: Optional[str] = _opt("Training data language (ISO 639 / FLORES code). [default: en]", "--lang"),
-    method: Optional[str] = _opt("lora | flare | input-fusion | flare-mt. [default: lora]", "--method"),
-    data: Optional[str] = _opt("Training data: local JSONL/CSV/parquet or Hub dataset id.", "--data"),
-    validation_data: Optional[str] = _opt("Validation data (machine-translated for stage 3).", "--validation-data"),
-    split: Optional[str] = _opt("Split of a Hub dataset. [default: train]", "--split"),
-    data_config: Optional[str] = _opt("Hub config (subset) of --data (default: the task's for --lang).", "--data-config"),
-    columns: Optional[str] = _opt("Map the data's columns: ours=theirs,... e.g. question=q,context=passage.", "--columns"),
-    fields: Optional[str] = _opt("--task custom: comma-separated input columns.", "--fields"),
-    labels: Optional[str] = _opt("--task custom: comma-separated label words (free-text answers without).", "--labels"),
-    task_adapter: Optional[str] = _opt("Stage-1 English task adapter, merged into the base first.", "--task-adapter"),
-    fusion: Optional[str] = _opt("add_relu | add | mul | cross_attention | none. [default: add_relu]", "--fusion"),
-    target_modules: Optional[str] = _opt("LoRA targets, comma-separated, or all-linear (default: all-linear; encoders query,value).", "--target-modules"),
-    fused_modules: Optional[str] = _opt("Targets that fuse the pivot; Phi-3: the q and v rows of qkv_proj (default: q_proj,v_proj; encoders query,value).", "--fused-modules"),
-    fused_layers: Optional[str] = _opt("Decoder layers that fuse, comma-separated. [default: all]", "--fused-layers"),
-    align: Optional[str] = _opt("Pivot alignment: end | start (default: end; encoders start).", "--align"),
-    source_norm: Optional[bool] = typer.Option(None, "--source-norm/--no-source-norm", help="Norm pivot states with the layer's input norm.", show_default=False),
-    mt_model: Optional[str] = _opt("flare-mt: the frozen NLLB/M2M100 encoder (Hub id or local folder).", "--mt-model"),
-    mt_revision: Optional[str] = _opt("flare-mt: Hub revision (branch, tag or commit) of --mt-model.", "--mt-revision"),
-    mt_projection: Optional[str] = _opt("flare-mt: shared | per-layer projection d_mt -> d_model. [default: shared]", "--mt-projection"),
-    r: Optional[int] = _opt("LoRA rank. [default: 8]", "--r", "--rank"),
-    lora_alpha: Optional[int] = _opt("LoRA alpha. [default: 16]", "--lora-alpha"),
-    lora_dropout: Optional[float] = _opt("LoRA dropout. [default: 0]", "--lora-dropout"),
-    learning_rate: Optional[float] = _opt("Learning rate. [default: 2e-5]", "--learning-rate", "--lr"),
-    batch_size: Optional[int] = _opt("Global batch size. [default: 32]", "--batch-size"),
-    micro_batch_size: Optional[int] = _opt("Per-step batch; the rest is gradient accumulation. [default: 8]", "--micro-batch-size"),
-    epochs: Optional[float] = _opt("Epochs. [default: 3]", "--epochs"),
-    max_steps: Optional[int] = _opt("Optimizer steps (overrides --epochs).", "--max-steps"),
-    warmup_ratio: Optional[float] = _opt("Linear warm-up share of the steps. [default: 0]", "--warmup-ratio"),
-    max_length: Optional[int] = _opt("Max prompt tokens, kept from the end; truncated rows are counted (default: qa 512, nli/sentiment 256).", "--max-length"),
-    seed: Optional[int] = _opt("Random seed. [default: 42]", "--seed"),
-    dtype: Optional[str] = _opt("auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU).", "--dtype"),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in backward (fusion stays on).", show_default=False),
-    device_map: Optional[str] = _opt("transformers device_map, e.g. auto for big bases.", "--device-map"),
-    load_in_4bit: Optional[bool] = typer.Option(None, "--load-in-4bit", help="4-bit base via bitsandbytes (extra: quant).", show_default=False),
-    logging_steps: Optional[int] = _opt("Log every N steps. [default: 10]", "--logging-steps"),
-    eval_steps: Optional[int] = _opt("Validate every N steps. [default: a quarter of the run]", "--eval-steps"),
-    save_steps: Optional[int] = _opt("Checkpoint every N steps. [default: = eval steps]", "--save-steps"),
-    save_total_limit: Optional[int] = _opt("Checkpoints kept (the best is always kept). [default: 2]", "--save-total-limit"),
-    limit: Optional[int] = _opt("Use only the first N training rows.", "--limit"),
-    overwrite: Optional[bool] = typer.Option(None, "--overwrite", help="Start over in a used output folder.", show_default=False),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable output on stdout."),
-) -> None:
+@schema_command(_TrainConfig, [
+    _flag("config", Optional[str], _config_option()),
+    _flag("bf16", bool, typer.Option(False, "--bf16", help="HF spelling of --dtype bf16.", rich_help_panel="Model")),
+    _flag("dry_run", bool, typer.Option(False, "--dry-run", help="Validate and print the resolved config; train nothing.",
+                                        rich_help_panel=_OUTPUT_PANEL)),
+    _flag("json_out", bool, typer.Option(False, "--json", help="Machine-readable output on stdout.",
+                                         rich_help_panel=_OUTPUT_PANEL)),
+])
+def train(config: Optional[str] = None, bf16: bool = False, dry_run: bool = False, json_out: bool = False,
+          **flags) -> None:
     """Train a LoRA, FLARE, input-fusion or FLARE-MT adapter."""
-    flags = {k: v for k, v in locals().items() if k not in ("config", "dry_run", "json_out")}
+    if bf16:
+        if flags.get("dtype") not in (None, "bf16"):
+            run_stage(lambda: _conflict("--bf16", f"--dtype {flags['dtype']}"))
+        flags["dtype"] = "bf16"
 
     def stage():
         from flare_cli import train as train_stage
@@ -332,7 +412,8 @@ def train(
             resolved = public_dict(cfg)
             typer.echo(json.dumps(resolved, indent=2) if json_out else dump_yaml(resolved).rstrip())
             return None
-        return train_stage.run(cfg, on_log=_training_progress())
+        with _training_progress() as on_log:
+            return train_stage.run(cfg, on_log=on_log)
 
     result = run_stage(stage)
     from flare_cli.distributed import is_main_process
@@ -349,6 +430,12 @@ def train(
                    f"train loss {result.train_loss:.4f}{best} ({result.elapsed_s:.0f}s)")
 
 
+def _conflict(a: str, b: str):
+    from flare_cli.errors import ConfigError
+
+    raise ConfigError(f"{a} and {b} contradict each other; pass one")
+
+
 def _warn_truncation(report: Optional[dict], what: str) -> None:
     """One stderr line when prompts were cut to --max-length, naming rows whose gold answer went too."""
     if not report or not report.get("n_truncated"):
@@ -363,12 +450,27 @@ def _warn_truncation(report: Optional[dict], what: str) -> None:
     _stderr_console().print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
+@contextlib.contextmanager
 def _training_progress():
-    """A trainer_log callback that prints progress lines (step, loss, ETA) on stderr."""
+    """A trainer_log callback for stderr: a progress bar (step, loss, ETA) on a terminal; in a pipe
+    or CI log no bar, one line per logged step. Warnings and events are lines either way."""
     console = _stderr_console()
+    bar = None
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=console, transient=True)
+    task = bar.add_task("train", total=None, loss="-") if bar else None
 
     def on_log(record: dict) -> None:
-        if "loss" in record:
+        if record.get("event") == "progress":
+            if bar:
+                bar.update(task, completed=record["step"], total=record["total_steps"])
+        elif "loss" in record:
+            if bar:
+                bar.update(task, completed=record["step"], total=record["total_steps"], loss=f"{record['loss']:.4f}")
+                return
             console.print(
                 f"[dim]step[/] {record['step']}/{record['total_steps']}  [dim]loss[/] {record['loss']:.4f}  "
                 f"[dim]lr[/] {record['lr']:.2e}  [dim]epoch[/] {record['epoch']:.2f}  [dim]eta[/] {record['eta']:.0f}s",
@@ -377,6 +479,9 @@ def _training_progress():
         elif "eval_loss" in record:
             console.print(f"[dim]step[/] {record['step']}  [cyan]validation loss[/] {record['eval_loss']:.4f}"
                           + ("  [green]best[/]" if record["best"] else ""), highlight=False)
+        elif record.get("event") == "early_stop":
+            console.print(f"early stop at step {record['step']}: no better validation loss in {record['patience']} "
+                          f"evaluations; keeping step {record['best_step']}", highlight=False)
         elif record.get("event") == "truncation":
             _warn_truncation(record, "training")
         elif record.get("event") == "resume":
@@ -391,11 +496,13 @@ def _training_progress():
             console.print(f"--overwrite: removed the previous run's {', '.join(record['removed'])}",
                           highlight=False, markup=False, soft_wrap=True)
 
-    return on_log
+    with bar if bar is not None else contextlib.nullcontext():
+        yield on_log
 
 
 @app.command("eval")
 def eval_(
+    config: Optional[str] = config_file_option("flare_cli.evaluate:EvalConfig"),
     adapters: list[str] = typer.Argument(None, help="Adapter folders to compare (same as repeated --adapter).", show_default=False),
     adapter: list[str] = typer.Option([], "--adapter", help="Adapter folder or Hub repo user/name[@revision] (repeatable).", show_default=False),
     compare: bool = typer.Option(False, "--compare", help="Side-by-side table of every adapter/method given."),
@@ -515,6 +622,7 @@ def _eval_line(m: dict, output_dir: str) -> str:
 
 @app.command()
 def merge(
+    config: Optional[str] = config_file_option("flare_cli.export:MergeConfig"),
     adapter: str = typer.Option(..., "--adapter", help="Saved adapter folder, or Hub repo user/name[@revision]."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the merged model."),
     base: Optional[str] = typer.Option(
@@ -562,6 +670,7 @@ def merge(
 
 @app.command()
 def push(
+    config: Optional[str] = config_file_option("flare_cli.hub:PushConfig"),
     folder: Path = typer.Option(..., "--folder", help="Adapter folder or merged-model folder to upload."),
     repo_id: str = typer.Option(..., "--repo-id", help="Target repository, user/name or org/name."),
     private: Optional[bool] = typer.Option(
@@ -626,6 +735,7 @@ def push(
 
 @app.command()
 def demo(
+    config: Optional[str] = config_file_option("flare_cli.demo:DemoConfig"),
     quick: bool = typer.Option(False, "--quick", help="A small world and a few steps (the CI end-to-end run)."),
     workdir: str = typer.Option("flare-demo", "--workdir", "-o", help="Where data, adapters and evals go (resumable)."),
     task: str = typer.Option("qa", "--task", help="qa | nli | sentiment."),
@@ -736,6 +846,37 @@ def env_(json_out: bool = typer.Option(False, "--json", help="Machine-readable o
     width = max(len(k) for k in info)
     for key, value in info.items():
         typer.echo(f"{key:<{width}}  {value}")
+
+
+# command -> its stage config, in pipeline order (docs/config.md)
+CONFIG_SCHEMAS = (("translate", "flare_cli.translate:TranslateConfig"), ("train", "flare_cli.train:TrainConfig"),
+                  ("eval", "flare_cli.evaluate:EvalConfig"), ("merge", "flare_cli.export:MergeConfig"),
+                  ("push", "flare_cli.hub:PushConfig"), ("demo", "flare_cli.demo:DemoConfig"))
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "train_qa_sw.yaml"
+
+
+def config_reference() -> str:
+    """docs/config.md, generated: every YAML key of every command (`python -m flare_cli.config --markdown`)."""
+    import importlib
+
+    from flare_cli.config import SECRET_KEYS, reference_markdown
+
+    group = typer.main.get_command(app)
+    schemas = []
+    for command, schema in CONFIG_SCHEMAS:
+        module, name = schema.split(":")
+        options = {}
+        yaml_keys = getattr(group.commands[command].callback, "yaml_keys", None)
+        for p in group.commands[command].params:
+            if p.name in ("config", "help", "json_out", *SECRET_KEYS) or not p.expose_value \
+                    or (yaml_keys is not None and p.name not in yaml_keys):
+                continue
+            default = "required" if p.required else "none" if p.default is None else str(p.default).lower() \
+                if isinstance(p.default, bool) else str(p.default)
+            kind = "bool" if getattr(p, "is_flag", False) else "text" if p.default in (None, []) else type(p.default).__name__
+            options[p.name] = (kind + (" (repeatable)" if p.multiple else ""), default, p.help or "")
+        schemas.append((command, getattr(importlib.import_module(module), name), options))
+    return reference_markdown(schemas, EXAMPLE_CONFIG.read_text(encoding="utf-8"))
 
 
 def main() -> None:

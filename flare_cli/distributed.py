@@ -31,6 +31,22 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
+def refuse_sharded_engines() -> None:
+    """FSDP and DeepSpeed (what `accelerate launch` with an FSDP/DeepSpeed config asks for, said in
+    the environment) are refused in one line before accelerate starts: they shard the weights and
+    the optimizer, and this recipe does not gather either for checkpoints, the final adapter or
+    resume (docs/performance.md, "FSDP and DeepSpeed")."""
+    from flare_cli.errors import ConfigError
+
+    for engine, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise ConfigError(
+                f"flare train does not run under {engine} yet (it would not gather the sharded adapter and "
+                "optimizer for checkpoints and resume); use DDP (examples/accelerate/ddp.yaml) with "
+                "--load-in-4bit, or one process with --device-map auto"
+            )
+
+
 class Dist:
     """A single process: rank 0 of 1; every collective is the identity."""
 
@@ -42,7 +58,10 @@ class Dist:
 
     @staticmethod
     def from_env() -> "Dist":
-        return AccelerateDist() if world_size_from_env() > 1 else Dist()
+        if world_size_from_env() > 1:
+            refuse_sharded_engines()
+            return AccelerateDist()
+        return Dist()
 
     def wrap(self, model):
         """The model that training forwards and backwards go through (DDP/FSDP-wrapped if any)."""

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -28,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from flare_cli.config import dump_yaml, public_dict
-from flare_cli.errors import ConfigError, DataError
+from flare_cli.config import dump_yaml, option, public_dict
+from flare_cli.errors import ConfigError, DataError, ModelError
 from flare_cli.fsutil import (
     LOCK_NAME, atomic_copy, atomic_write_text, check_output_dir, give_usual_modes, remove_tree, run_lock,
 )
@@ -41,7 +42,8 @@ DEFAULT_MAX_LENGTH = {"qa": 512, "nli": 256, "sentiment": 256, "custom": 512}
 CONFIG_NAME = "train_config.yaml"
 LOG_NAME = "trainer_log.jsonl"
 # Files only `flare train` writes: a folder holding none of them is someone else's.
-OWN_FILES = {CONFIG_NAME, LOG_NAME, "checkpoints", RESULT_NAME, LOCK_NAME}
+TRACKER_DIR = "runs"  # --report-to tensorboard event files
+OWN_FILES = {CONFIG_NAME, LOG_NAME, "checkpoints", RESULT_NAME, LOCK_NAME, TRACKER_DIR}
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "flare_config.json")
 # What tokenizer.save_pretrained may write, for runs whose train_result.json lists no files.
 TOKENIZER_FILES = {
@@ -51,59 +53,126 @@ TOKENIZER_FILES = {
 }
 # Settings a resumed run may change: they do not change what is trained.
 RESUMABLE_CHANGES = {"overwrite", "logging_steps", "eval_steps", "save_steps", "save_total_limit", "device_map",
-                     "gradient_checkpointing"}
+                     "gradient_checkpointing", "report_to", "resume_from_checkpoint", "early_stopping_patience"}
+
+
+# Optimizers built by transformers' own factory (Trainer.get_optimizer_cls_and_kwargs) and
+# schedules by transformers.get_scheduler: the names are theirs.
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "paged_adamw_8bit")
+LR_SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate's tracker classes; "none" turns them off
+
+MODEL, DATA, ADAPTER, OPTIM, OUTPUT = "Model", "Data", "LoRA/FLARE", "Optimisation", "Output"
 
 
 @dataclass
 class TrainConfig:
-    base: str
-    output_dir: str
-    task: str = "qa"
-    lang: str = "en"
-    method: str = "lora"
-    data: Optional[str] = None
-    validation_data: Optional[str] = None
-    split: str = "train"
-    data_config: Optional[str] = None  # Hub config of --data (default: the task's for --lang)
-    columns: Optional[str] = None  # "ours=theirs,..." column mapping of --data / --validation-data
-    fields: Any = None  # --task custom: input columns ("question,context" or a list)
-    labels: Any = None  # --task custom: label words (a label task) or none (free text)
-    task_adapter: Optional[str] = None
-    fusion: str = "add_relu"
+    base: str = option(help="Base model: Hub id or local folder.", panel=MODEL)
+    output_dir: str = option(help="Output folder (resumed from its newest checkpoint unless --overwrite).",
+                             panel=OUTPUT, flags=("-o",))
+    task: str = option("qa", "Task: qa, nli, sentiment or custom; an encoder base gets its head from it.", DATA)
+    lang: str = option("en", "Training data language (ISO 639 / FLORES code).", DATA)
+    method: str = option("lora", "lora | flare | input-fusion | flare-mt.", ADAPTER)
+    data: Optional[str] = option(None, "Training data: local JSONL/CSV/parquet or Hub dataset id.", DATA,
+                                 default_text="the task's Hub dataset")
+    validation_data: Optional[str] = option(None, "Validation data (machine-translated for stage 3).", DATA)
+    split: str = option("train", "Split of a Hub dataset.", DATA)
+    data_config: Optional[str] = option(None, "Hub config (subset) of --data.", DATA, default_text="the task's for --lang")
+    columns: Optional[str] = option(None, "Map the data's columns: ours=theirs,... e.g. question=q,context=passage.", DATA)
+    fields: Any = option(None, "--task custom: comma-separated input columns.", DATA)
+    labels: Any = option(None, "--task custom: comma-separated label words (free-text answers without).", DATA)
+    limit: Optional[int] = option(None, "Use only the first N training rows.", DATA)
+    max_length: Optional[int] = option(None, "Max prompt tokens, kept from the end; truncated rows are counted.", DATA,
+                                       default_text="qa 512, nli/sentiment 256")
+    task_adapter: Optional[str] = option(None, "Stage-1 English task adapter, merged into the base first.", MODEL)
+    dtype: str = option("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU).", MODEL)
+    load_in_4bit: bool = option(False, "4-bit NF4 base with bf16 compute via bitsandbytes (QLoRA; extra: quant).", MODEL)
+    device_map: Optional[str] = option(None, "transformers device_map, e.g. auto for big bases.", MODEL)
+    gradient_checkpointing: bool = option(False, "Recompute activations in backward (fusion stays on).", MODEL)
+    fusion: str = option("add_relu", "add_relu | add | mul | cross_attention | none.", ADAPTER)
     # None: the base family's default (decoders: all-linear LoRA, fusion on q_proj,v_proj, align end;
     # encoders: query,value, both fused, align start)
-    target_modules: Any = None
-    fused_modules: Any = None
-    fused_layers: Optional[list[int]] = None
-    align: Optional[str] = None
-    source_norm: bool = False
-    mt_model: Optional[str] = None  # flare-mt: the frozen NLLB/M2M100 encoder (Hub id or local folder)
-    mt_revision: Optional[str] = None  # flare-mt: Hub revision of mt_model
-    mt_projection: str = "shared"  # flare-mt: one projection for every fused layer, or per-layer
-    r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    learning_rate: float = 2e-5
-    batch_size: int = 32
-    micro_batch_size: int = 8
-    epochs: float = 3.0
-    max_steps: Optional[int] = None
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_length: Optional[int] = None  # default: DEFAULT_MAX_LENGTH of the task
-    seed: int = 42
-    dtype: str = "auto"
-    gradient_checkpointing: bool = False
-    device_map: Optional[str] = None
-    load_in_4bit: bool = False
-    logging_steps: int = 10
-    eval_steps: Optional[int] = None
-    save_steps: Optional[int] = None
-    save_total_limit: int = 2
-    limit: Optional[int] = None
-    overwrite: bool = False
+    target_modules: Any = option(None, "LoRA targets, comma-separated, or all-linear.", ADAPTER,
+                                 default_text="all-linear; encoders query,value")
+    fused_modules: Any = option(None, "Targets that fuse the pivot; Phi-3: the q and v rows of qkv_proj.", ADAPTER,
+                                default_text="q_proj,v_proj; encoders query,value")
+    fused_layers: Any = option(None, "Decoder layers that fuse, comma-separated.", ADAPTER, default_text="all")
+    align: Optional[str] = option(None, "Pivot alignment: end | start.", ADAPTER, default_text="end; encoders start")
+    source_norm: bool = option(False, "Norm pivot states with the layer's input norm.", ADAPTER)
+    mt_model: Optional[str] = option(None, "flare-mt: the frozen NLLB/M2M100 encoder (Hub id or local folder).", ADAPTER)
+    mt_revision: Optional[str] = option(None, "flare-mt: Hub revision (branch, tag or commit) of --mt-model.", ADAPTER)
+    mt_projection: str = option("shared", "flare-mt: shared | per-layer projection d_mt -> d_model.", ADAPTER)
+    r: int = option(8, "LoRA rank.", ADAPTER, flags=("--rank", "--lora-r"))
+    lora_alpha: int = option(16, "LoRA alpha.", ADAPTER)
+    lora_dropout: float = option(0.0, "LoRA dropout.", ADAPTER)
+    learning_rate: float = option(2e-5, "Peak learning rate.", OPTIM, flags=("--lr",))
+    batch_size: int = option(32, "Global batch size (micro-batch x accumulation x processes).", OPTIM)
+    micro_batch_size: int = option(8, "Rows per forward on each process; the rest is gradient accumulation.", OPTIM,
+                                   flags=("--per-device-train-batch-size",))
+    gradient_accumulation_steps: Optional[int] = option(
+        None, "HF spelling: sets --batch-size to micro-batch x this x processes.", OPTIM,
+        default_text="batch-size / micro-batch-size")
+    epochs: float = option(3.0, "Epochs.", OPTIM, flags=("--num-train-epochs",))
+    max_steps: Optional[int] = option(None, "Optimizer steps (overrides --epochs).", OPTIM)
+    optim: str = option("adamw_torch", f"Optimizer, built by transformers: {' | '.join(OPTIMIZERS)}.", OPTIM)
+    lr_scheduler_type: str = option("linear", f"Learning-rate schedule: {' | '.join(LR_SCHEDULERS)}.", OPTIM)
+    warmup_ratio: float = option(0.0, "Warm-up share of the steps.", OPTIM)
+    weight_decay: float = option(0.0, "Weight decay.", OPTIM)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 turns clipping off.", OPTIM)
+    seed: int = option(42, "Random seed (data order, init).", OPTIM)
+    early_stopping_patience: Optional[int] = option(
+        None, "Stop after N validations without a better validation loss (needs --validation-data).", OPTIM,
+        default_text="off")
+    logging_steps: int = option(10, "Log every N steps.", OUTPUT)
+    eval_steps: Optional[int] = option(None, "Validate every N steps.", OUTPUT, default_text="a quarter of the run")
+    save_steps: Optional[int] = option(None, "Checkpoint every N steps.", OUTPUT, default_text="= eval steps")
+    save_total_limit: int = option(2, "Checkpoints kept (the best is always kept).", OUTPUT)
+    report_to: str = option("none", f"Trackers, comma-separated: {' | '.join(TRACKERS)} | none (rank 0 only).", OUTPUT)
+    resume_from_checkpoint: Optional[str] = option(
+        None, "Resume from this checkpoint folder.", OUTPUT, default_text="the newest valid one in --output-dir")
+    overwrite: bool = option(False, "Start over in a used output folder.", OUTPUT)
 
     def __post_init__(self) -> None:
+        from flare_cli.distributed import world_size_from_env
+        from flare_cli.languages import resolve
+        from flare_cli.tasks.registry import get_task
+
+        get_task(self.task, **task_options(self))  # an unknown task (or custom without fields) fails here
+        resolve(self.lang)  # an unknown language code too: both before anything is loaded
+        if self.fusion not in FUSION_NAMES:
+            raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of: {', '.join(FUSION_NAMES)}")
+        if self.align not in (None, "end", "start"):
+            raise ConfigError(f"unknown align {self.align!r}; choose end or start")
+        if self.optim not in OPTIMIZERS:
+            raise ConfigError(f"unknown optim {self.optim!r}; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.optim == "paged_adamw_8bit" and not _has_module("bitsandbytes"):
+            raise ConfigError("--optim paged_adamw_8bit needs bitsandbytes (pip install 'flare-cli[quant]'), "
+                              "which is not installed")
+        if self.load_in_4bit and not _has_module("bitsandbytes"):
+            raise ConfigError("--load-in-4bit needs bitsandbytes: pip install 'flare-cli[quant]'")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            raise ConfigError(f"unknown lr_scheduler_type {self.lr_scheduler_type!r}; "
+                              f"choose one of: {', '.join(LR_SCHEDULERS)}")
+        self.report_to = ",".join(report_targets(self.report_to)) or "none"
+        for name in report_targets(self.report_to):
+            if not _has_module(TRACKER_MODULES[name]):
+                raise ConfigError(f"--report-to {name} needs the {TRACKER_MODULES[name]} package "
+                                  "(pip install 'flare-cli[track]'), which is not installed")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"--max-grad-norm must not be negative, got {self.max_grad_norm} (0 turns clipping off)")
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                raise ConfigError(f"--early-stopping-patience must be at least 1, got {self.early_stopping_patience}")
+            if not self.validation_data:
+                raise ConfigError("--early-stopping-patience watches the validation loss: give --validation-data")
+        if self.gradient_accumulation_steps is not None:
+            if self.gradient_accumulation_steps < 1:
+                raise ConfigError(f"--gradient-accumulation-steps must be at least 1, got "
+                                  f"{self.gradient_accumulation_steps}")
+            self.batch_size = self.micro_batch_size * self.gradient_accumulation_steps * world_size_from_env()
+        if self.resume_from_checkpoint and not (Path(self.resume_from_checkpoint) / "state.json").is_file():
+            raise ConfigError(f"--resume-from-checkpoint {self.resume_from_checkpoint}: not a complete checkpoint "
+                              "folder (no state.json); give one of <output-dir>/checkpoints/checkpoint-<step>")
         if self.method not in ("lora", "flare", "input-fusion", "flare-mt"):
             raise ConfigError(f"unknown method {self.method!r}; choose lora, flare, input-fusion or flare-mt")
         if self.method == "flare-mt" and not self.mt_model:
@@ -141,6 +210,33 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must not be negative, got {self.weight_decay}")
         self.fused_layers = _layer_list(self.fused_layers)
         check_output_dir(self.output_dir, "--output-dir")
+
+
+# The fusion registry's names (flare/fusion.py FUSIONS), kept here so validating a config needs no torch;
+# tests/test_config.py checks the two agree.
+FUSION_NAMES = ("add_relu", "add", "mul", "cross_attention", "none")
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def report_targets(value: Optional[str]) -> list[str]:
+    """--report-to "tensorboard,wandb" -> ["tensorboard", "wandb"]; "none" (or empty) -> []."""
+    names = [n.strip().lower() for n in str(value or "").split(",") if n.strip()]
+    if "none" in names:
+        if len(names) > 1:
+            raise ConfigError(f"--report-to {value!r}: 'none' cannot be combined with trackers")
+        return []
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"unknown --report-to {name!r}; choose from {', '.join(TRACKERS)} or none")
+    return list(dict.fromkeys(names))
+
+
+TRACKER_MODULES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
 def _layer_list(value: Any) -> Optional[list[int]]:
@@ -344,7 +440,8 @@ def _read_checkpoint(ckpt: Path) -> dict:
             "rng": torch.load(ckpt / "rng.pt", weights_only=True),
             "state": json.loads((ckpt / "state.json").read_text(encoding="utf-8")),
         }
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, KeyError) as err:
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as err:
+        # (torch.load of a file that is no checkpoint: "Weights only load failed" or "invalid load key")
         text = str(err).strip().splitlines()
         raise _UnusableCheckpoint(text[0] if text else type(err).__name__) from None
 
@@ -365,9 +462,18 @@ def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path) -> dict:
     return saved["state"]
 
 
-def _resume(fm, optimizer, scheduler, out: Path, on_log: Callable[[dict], None]) -> Optional[dict]:
+def _resume(fm, optimizer, scheduler, out: Path, on_log: Callable[[dict], None],
+            only: Optional[Path] = None) -> Optional[dict]:
     """Load the newest checkpoint that reads back; a damaged one (a disk error, a kill the OS did
-    not flush) is skipped, and said so, in favour of the one before it."""
+    not flush) is skipped, and said so, in favour of the one before it. ``only`` (from
+    --resume-from-checkpoint): that checkpoint or a one-line error, no fallback."""
+    if only is not None:
+        try:
+            state = _load_checkpoint(fm, optimizer, scheduler, only)
+        except _UnusableCheckpoint as err:
+            raise ModelError(f"--resume-from-checkpoint {only}: unreadable ({err})") from None
+        on_log({"event": "resume", "step": state["step"], "checkpoint": str(only)})
+        return state
     for ckpt in _checkpoints(out):
         try:
             state = _load_checkpoint(fm, optimizer, scheduler, ckpt)
@@ -435,6 +541,53 @@ def validation_loss(fm, examples, pad_id: int, micro: int, device, dist=None) ->
     return total / max(tokens, 1)
 
 
+def build_optimizer(cfg: TrainConfig, params: list):
+    """--optim through transformers' own factory (the class and keyword arguments its Trainer uses
+    for the same name), over one parameter group with --weight-decay."""
+    from accelerate.state import PartialState
+    from transformers import Trainer, TrainingArguments
+
+    # under torchrun / accelerate launch, TrainingArguments must reuse the process group that
+    # distributed.py set up (by default it resets accelerate's state)
+    configured = {"use_configured_state": True} if PartialState._shared_state else None
+    args = TrainingArguments(optim=cfg.optim, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             report_to="none", accelerator_config=configured)
+    try:
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"--optim {cfg.optim}: {str(err).strip().splitlines()[0]}") from None
+    return optimizer_cls([{"params": params, "weight_decay": cfg.weight_decay}], **kwargs)
+
+
+# trainer_log.jsonl keys sent to --report-to trackers (train/loss, train/lr, ..., eval/loss)
+TRACKED = ("loss", "lr", "epoch", "eval_loss")
+
+
+def start_trackers(cfg: TrainConfig, out: Path) -> list:
+    """accelerate's own tracker classes for --report-to (rank 0 only; the caller checks). TensorBoard
+    writes under <output-dir>/runs/; W&B and MLflow follow their usual environment (WANDB_PROJECT,
+    WANDB_DIR, WANDB_MODE, MLFLOW_TRACKING_URI). The run's hyperparameters are its public config."""
+    names = report_targets(cfg.report_to)
+    if not names:
+        return []
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in public_dict(cfg).items()}
+    trackers = []
+    for name in names:
+        if name == "tensorboard":
+            tracker = LOGGER_TYPE_TO_CLASS[name](out.name or "run", logging_dir=str(out / TRACKER_DIR))
+        elif name == "wandb":
+            tracker = LOGGER_TYPE_TO_CLASS[name](os.environ.get("WANDB_PROJECT", "flare_cli"), name=out.name)
+        else:
+            tracker = LOGGER_TYPE_TO_CLASS[name](os.environ.get("MLFLOW_EXPERIMENT_NAME", "flare_cli"),
+                                                 run_name=out.name)
+        tracker.start()
+        tracker.store_init_configuration(hparams)
+        trackers.append(tracker)
+    return trackers
+
+
 def _accumulation_group(micro: int, accum: int, micro_per_epoch: int) -> list[int]:
     """The global micro-batch indices of the optimizer step starting at ``micro``: up to ``accum``
     of them, cut at the epoch's end (an epoch's last partial group still steps)."""
@@ -495,8 +648,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
 
 
 def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], None]) -> TrainResult:
-    import torch
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_scheduler
 
     from flare_cli.encode import build_examples, collate, truncation_report
     from flare_cli.export import base_fingerprint
@@ -564,8 +716,9 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     steps_per_epoch = max(1, micro_per_epoch // accum)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
     params = [p for p in wrapped.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    optimizer = build_optimizer(cfg, params)
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
 
     if dist.is_main and cfg.overwrite:
         removed = _remove_previous_run(out)
@@ -575,7 +728,8 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     if dist.is_main:
         atomic_write_text(out / CONFIG_NAME, f"# flare train -c {CONFIG_NAME}\n{dump_yaml(public_dict(cfg))}")
     state = {"step": 0, "micro": 0, "best_loss": None, "best_step": None, "train_loss": None}
-    resumed = _resume(fm, optimizer, scheduler, out, on_log if dist.is_main else (lambda record: None))
+    resumed = _resume(fm, optimizer, scheduler, out, on_log if dist.is_main else (lambda record: None),
+                      only=Path(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None)
     resumed_from = None
     if resumed is not None:
         state = resumed
@@ -592,18 +746,25 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     running, running_n = 0.0, 0
     pad_id = tokenizer.pad_token_id
 
+    trackers = start_trackers(cfg, out) if dist.is_main else []
+
     def log(record: dict) -> None:
         if not dist.is_main:
             return
         with log_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        scalars = {k: record[k] for k in TRACKED if k in record}
+        for tracker in trackers if scalars and "step" in record else ():
+            tracker.log({f"train/{k}" if k != "eval_loss" else "eval/loss": v for k, v in scalars.items()},
+                        step=record["step"])
         on_log(record)
 
     if truncation["n_truncated"] and resumed_from is None:
         log({"event": "truncation", **truncation})
     micro = state["micro"]
     world = dist.world_size
-    while state["step"] < total_steps:
+    patience = cfg.early_stopping_patience
+    while state["step"] < total_steps and not (patience and state.get("evals_without_improvement", 0) >= patience):
         # One optimizer step = one group of micro-batches (global indices). Each rank takes every
         # world-th of them; DDP averages the ranks' gradients, hence the factor `world` below.
         group = _accumulation_group(micro, accum, micro_per_epoch)
@@ -625,13 +786,16 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
                 running += loss.item()
                 running_n += 1
         micro = group[-1] + 1
-        dist.clip_grad_norm_(wrapped, params, 1.0)
+        if cfg.max_grad_norm > 0:
+            dist.clip_grad_norm_(wrapped, params, cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         state["micro"] = micro
         step = state["step"]
+        if dist.is_main:
+            on_log({"event": "progress", "step": step, "total_steps": total_steps})  # the CLI's bar; not logged
         if step % cfg.logging_steps == 0 or step == total_steps:
             elapsed = time.time() - start
             rate = elapsed / max(step - start_step, 1)
@@ -642,15 +806,23 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
                  "epoch": round(micro / micro_per_epoch, 4), "elapsed": round(elapsed, 2),
                  "eta": round(rate * (total_steps - step), 2), "total_steps": total_steps})
             running, running_n = 0.0, 0
+        stop = False
         if val_examples and (step % eval_every == 0 or step == total_steps):
             vloss = validation_loss(wrapped, val_examples, pad_id, cfg.micro_batch_size, device, dist)
             improved = state["best_loss"] is None or vloss < state["best_loss"]
             if improved:
                 state["best_loss"], state["best_step"] = vloss, step
+            state["evals_without_improvement"] = 0 if improved else state.get("evals_without_improvement", 0) + 1
             log({"step": step, "eval_loss": round(vloss, 6), "best": improved})
-        if dist.is_main and (step % save_every == 0 or step == total_steps):
+            stop = patience is not None and state["evals_without_improvement"] >= patience
+        if dist.is_main and (step % save_every == 0 or step == total_steps or stop):
             _save_checkpoint(fm, optimizer, scheduler, dict(state), out, cfg.save_total_limit)
+        if stop:
+            log({"event": "early_stop", "step": step, "best_step": state["best_step"], "patience": patience})
+            break
 
+    for tracker in trackers:
+        tracker.finish()
     result = TrainResult(
         output_dir=str(out), method=cfg.method, steps=state["step"], epochs=round(micro / micro_per_epoch, 4),
         train_loss=state["train_loss"] if state["train_loss"] is not None else float("nan"),
