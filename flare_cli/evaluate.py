@@ -21,16 +21,12 @@ from typing import Any, Callable, Optional, Sequence
 from flare_cli.errors import ConfigError, ModelError
 from flare_cli.fsutil import atomic_write_text as write_text_atomic
 from flare_cli.fsutil import check_output_dir
+from flare_cli.methods import BASE_METHOD, DEFAULT_METHOD, method_of
 from flare_cli.tasks import Task, get_task
+from flare_cli.tasks.base import PIVOT_PREFIX
 
-METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt")
-# Methods that read the English pivot_* columns.
-PIVOT_METHODS = ("translate-test", "input-fusion", "flare")
-# Methods run on the (stage-1) base alone, without a target-language adapter.
-BASE_ONLY_METHODS = ("zero-shot", "translate-test")
 DEFAULT_MAX_NEW_TOKENS = {"qa": 32}
 DEFAULT_LABEL_MAX_NEW_TOKENS = 8
-MT_MAX_LENGTH = 1024  # FLARE-MT: MT-encoder tokens kept per prompt (the language tag and the end)
 
 
 @dataclass
@@ -81,17 +77,6 @@ class EvalConfig:
 
 
 # -- generation core ----------------------------------------------------------------------------
-def _left_padded(tokenizer, texts: Sequence[str], device, max_length: Optional[int] = None):
-    if max_length is None:
-        batch = tokenizer(list(texts), return_tensors="pt", padding=True)
-    else:  # cut as training does: BOS + the end of the prompt
-        from flare_cli.encode import encode_prompt
-
-        ids = [encode_prompt(tokenizer, text, max_length) for text in texts]
-        batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
-
-
 def _newline_stop(tokenizer, prompt_length: int):
     """A StoppingCriteria that ends a row once its new tokens decode to text with a newline.
 
@@ -128,68 +113,81 @@ def generate_answers(
     With ``pivots`` (one English prompt per target prompt), ``model`` is a FlareModel and gets the
     left-padded pivot batch as ``pivot_input_ids``/``pivot_attention_mask``. With ``mt_lang`` (the
     prompts' language), ``model`` is a FLARE-MT FlareModel and gets the prompts in its MT encoder's
-    tokens, tagged with that language's code, as ``mt_input_ids``/``mt_attention_mask``.
+    tokens, tagged with that language's code, as ``mt_input_ids``/``mt_attention_mask``. Prompts
+    over ``max_length`` are cut as training cuts them (flare_cli/encode.py).
     """
-    import torch
+    from flare_cli.encode import MT_MAX_LENGTH, Example, truncate_ids
 
     if pivots is not None and len(pivots) != len(prompts):
         raise ValueError(f"{len(pivots)} pivots for {len(prompts)} prompts")
+
+    def ids(text: str) -> list[int]:
+        full = tokenizer(text, add_special_tokens=True)["input_ids"]
+        return full if max_length is None else truncate_ids(tokenizer, full, max_length)
+
+    mt_ids: list = [None] * len(prompts)
+    if mt_lang is not None:
+        mt_ids = model.mt_encoder.encode_texts(list(prompts), mt_lang, max_length or MT_MAX_LENGTH)
+    examples = []
+    for i, prompt in enumerate(prompts):
+        prompt_ids = ids(prompt)
+        examples.append(Example(prompt_ids, len(prompt_ids), ids(pivots[i]) if pivots is not None else None, mt_ids[i]))
+    return generate_from_inputs(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                progress=progress)
+
+
+def generate_from_inputs(
+    model,
+    tokenizer,
+    examples: Sequence,
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[str]:
+    """Greedy answers for ``encode.encode_inputs`` examples: batched, left-padded (generation
+    continues from the last column), with the KV cache."""
+    import torch
+
+    from flare_cli.encode import collate
+
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ModelError("the tokenizer has neither a pad nor an EOS token")
-    saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the last column
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
+    model_inputs = ("input_ids", "attention_mask", "pivot_input_ids", "pivot_attention_mask", "mt_input_ids",
+                    "mt_attention_mask")
     answers: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            input_ids, attention_mask = _left_padded(tokenizer, prompts[start : start + batch_size], device, max_length)
-            kwargs: dict[str, Any] = {}
-            if pivots is not None:
-                pivot_ids, pivot_mask = _left_padded(tokenizer, pivots[start : start + batch_size], device, max_length)
-                kwargs = {"pivot_input_ids": pivot_ids, "pivot_attention_mask": pivot_mask}
-            elif mt_lang is not None:
-                encoder = model.mt_encoder
-                rows = encoder.encode_texts(prompts[start : start + batch_size], mt_lang, MT_MAX_LENGTH)
-                mt_ids, mt_mask = encoder.pad(rows, side="left", device=device)
-                kwargs = {"mt_input_ids": mt_ids, "mt_attention_mask": mt_mask}
-            with torch.no_grad():
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    stopping_criteria=_newline_stop(tokenizer, input_ids.shape[1]),  # answers are one line
-                    **kwargs,
-                )
-            new_tokens = output[:, input_ids.shape[1] :]
-            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                answers.append(text.split("\n", 1)[0])
-            if progress is not None:
-                progress(input_ids.shape[0])
-    finally:
-        tokenizer.padding_side, tokenizer.pad_token = saved_side, saved_pad
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size], pad_id, padding_side="left")
+        kwargs: dict[str, Any] = {k: batch[k].to(device) for k in model_inputs if k in batch}
+        width = kwargs["input_ids"].shape[1]
+        with torch.no_grad():
+            output = model.generate(
+                **kwargs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=_newline_stop(tokenizer, width),  # answers are one line
+            )
+        for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True):
+            answers.append(text.split("\n", 1)[0])
+        if progress is not None:
+            progress(kwargs["input_ids"].shape[0])
     return answers
 
 
 # -- method inputs and scoring ------------------------------------------------------------------
 def build_inputs(task: Task, rows: Sequence[dict], method: str) -> tuple[list[str], Optional[list[str]]]:
     """(prompts, pivots) for ``method``; pivots only for FLARE (FLARE-MT reads the prompts)."""
-    if method in ("zero-shot", "lora", "flare-mt"):
-        return [task.prompt(r) for r in rows], None
-    if method == "translate-test":
-        return [task.prompt(r, pivot=True) for r in rows], None
-    if method == "input-fusion":
-        return [task.input_fusion_prompt(r) for r in rows], None
-    if method == "flare":
-        return [task.prompt(r) for r in rows], [task.prompt(r, pivot=True) for r in rows]
-    raise ConfigError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    from flare_cli.encode import method_texts
+
+    record = method_of(method)
+    texts = [method_texts(task, row, record) for row in rows]
+    return [prompt for prompt, _ in texts], ([pivot for _, pivot in texts] if record.side_input == "pivot" else None)
 
 
 def default_max_new_tokens(task: Task) -> int:
@@ -216,20 +214,15 @@ def evaluate_rows(
 
     ``answer_translator`` maps the generated (English) answers into the target language before
     parsing: translate-test's back-translation of free-text answers."""
-    if method in PIVOT_METHODS:
+    if method_of(method).reads_pivot:
         task.require_pivots(rows, source)
-    prompts, pivots = build_inputs(task, rows, method)
-    raw = generate_answers(
-        model,
-        tokenizer,
-        prompts,
-        pivots=pivots,
-        mt_lang=lang if method == "flare-mt" else None,
-        max_new_tokens=max_new_tokens or default_max_new_tokens(task),
-        batch_size=batch_size,
-        progress=progress,
-        max_length=max_length,
-    )
+    from flare_cli.encode import encode_inputs, truncation_report
+
+    record = method_of(method)
+    examples = encode_inputs(tokenizer, task, rows, record, max_length,
+                             mt_encoder=model.mt_encoder if record.reads_mt else None, lang=lang)
+    raw = generate_from_inputs(model, tokenizer, examples, max_new_tokens=max_new_tokens or default_max_new_tokens(task),
+                               batch_size=batch_size, progress=progress)
     answers = answer_translator(raw) if answer_translator else raw
     parsed = [task.parse(text) for text in answers]
     predictions = []
@@ -245,27 +238,8 @@ def evaluate_rows(
         metrics = task.score(parsed, rows, lang=lang)
     else:
         metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in parsed)}
-    metrics["truncation"] = _truncation(tokenizer, task, rows, prompts, pivots, max_length)
+    metrics["truncation"] = truncation_report(max_length, examples)
     return EvalResult(metrics=metrics, predictions=predictions)
-
-
-def _truncation(tokenizer, task: Task, rows, prompts, pivots, max_length: Optional[int]) -> dict:
-    """encode.truncation_report of the prompts as generate_answers cut them (nothing without max_length)."""
-    from types import SimpleNamespace
-
-    from flare_cli.encode import encode_prompt, prompt_truncation, truncation_report
-
-    records = []
-    for i, (row, prompt) in enumerate(zip(rows, prompts)):
-        truncated = answer_cut = pivot_truncated = False
-        if max_length is not None:
-            _, truncated, answer_cut = prompt_truncation(tokenizer, task, row, prompt, max_length)
-            if pivots is not None:
-                full = len(tokenizer(pivots[i], add_special_tokens=True)["input_ids"])
-                pivot_truncated = len(encode_prompt(tokenizer, pivots[i], max_length)) < full
-        records.append(SimpleNamespace(row_id=str(row.get("id")), truncated=truncated, answer_cut=answer_cut,
-                                       pivot_truncated=pivot_truncated))
-    return truncation_report(max_length, records)
 
 
 # -- model loading --------------------------------------------------------------------------------
@@ -315,13 +289,13 @@ def _attach_lora(model, adapter_dir: str):
 
 def _load_adapter(model, adapter_dir: str, settings: dict, mt_model: Optional[str] = None):
     """``mt_model`` (FLARE-MT only) replaces the recorded MT encoder, e.g. a local copy of it."""
-    if settings.get("method") in ("flare", "flare-mt"):
+    if method_of(settings.get("method", DEFAULT_METHOD)).fuses:
         try:
             from flare_cli.flare import load_flare_model, load_mt_encoder
         except ImportError:
             raise ModelError("FLARE adapters need flare_cli.flare, which this install lacks") from None
         encoder = None
-        if settings.get("method") == "flare-mt" and mt_model:
+        if method_of(settings["method"]).reads_mt and mt_model:
             encoder = load_mt_encoder(mt_model, dtype=model.get_input_embeddings().weight.dtype)
         return load_flare_model(model, adapter_dir, mt_encoder=encoder)
     return _attach_lora(model, adapter_dir)
@@ -342,14 +316,13 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
     settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
     # Provenance keys sit at the top level (architecture.md) or under "meta" (FlareConfig.to_dict).
     settings = {**settings.get("meta", {}), **settings}
-    method = cfg.method or settings.get("method") or ("lora" if cfg.adapter else "zero-shot")
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    if method in BASE_ONLY_METHODS and cfg.adapter:
+    method = cfg.method or settings.get("method") or (DEFAULT_METHOD if cfg.adapter else BASE_METHOD)
+    record = method_of(method)
+    if not record.needs_adapter and cfg.adapter:
         raise ConfigError(f"--method {method} runs the base (plus --task-adapter), not --adapter")
-    if method not in BASE_ONLY_METHODS and not cfg.adapter:
+    if record.needs_adapter and not cfg.adapter:
         raise ConfigError(f"--method {method} needs --adapter DIR")
-    if method in ("flare", "flare-mt") and settings.get("method") != method:
+    if record.fuses and settings.get("method") != method:
         raise ConfigError(f"{cfg.adapter}: --method {method} needs an adapter trained with --method {method}")
     task_name = cfg.task or settings.get("task")
     lang = cfg.lang or settings.get("lang")
@@ -372,7 +345,7 @@ def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalC
     Returns the MT model used, or None when the data had every pivot."""
     from flare_cli.translate import DEFAULT_MT_MODEL, translate_pivots
 
-    columns = ["pivot_" + f for f in task.input_fields]
+    columns = [PIVOT_PREFIX + f for f in task.input_fields]
     if all(isinstance(r.get(c), str) and r[c].strip() for r in rows for c in columns):
         return None
     settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
@@ -392,7 +365,7 @@ def _answer_translator(task: Task, resolved: _Resolved, cfg: EvalConfig):
 
     from flare_cli.tasks.base import ClassificationTask
 
-    if resolved.method != "translate-test" or not cfg.back_translate_answers or isinstance(task, ClassificationTask):
+    if method_of(resolved.method).prompt != "pivot" or not cfg.back_translate_answers or isinstance(task, ClassificationTask):
         return None, None
     if resolve(resolved.lang) == resolve("en"):
         return None, None
@@ -430,16 +403,16 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     if cfg.limit:
         rows = rows[: cfg.limit]
     pivots_from = None
-    if resolved.method in PIVOT_METHODS:
+    if method_of(resolved.method).reads_pivot:
         pivots_from = _ensure_pivots(task, rows, resolved, cfg)  # before loading the LLM: fail fast
 
     model, tokenizer = _load_base(resolved.base, resolved.task_adapter, cfg.dtype, task)
     from flare_cli.flare.encoder import is_encoder
 
     encoder = is_encoder(getattr(model, "config", None))
-    if encoder and resolved.method == "flare-mt":
-        raise ConfigError("--method flare-mt is for decoder bases, not encoders")
-    if encoder and resolved.method in BASE_ONLY_METHODS and getattr(model, "flare_head_is_new", False) \
+    if encoder and not method_of(resolved.method).encoder_bases:
+        raise ConfigError(f"--method {resolved.method} is for decoder bases, not encoders")
+    if encoder and not method_of(resolved.method).needs_adapter and getattr(model, "flare_head_is_new", False) \
             and not resolved.task_adapter:
         raise ConfigError(f"{resolved.base} has no trained {task.name} head: --method {resolved.method} needs "
                           "--task-adapter (the stage-1 English adapter, which holds the head)")
@@ -448,20 +421,24 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     model.eval()
 
     max_new_tokens = cfg.max_new_tokens or default_max_new_tokens(task)
+    # the prompt budget training used (flare_config.json meta) unless --max-length overrides it
+    from flare_cli.encode import recorded_max_length
+
+    max_length = cfg.max_length or (recorded_max_length(adapter_settings(cfg.adapter).get("meta", {}))
+                                    if cfg.adapter else None)
     answer_translator, answers_by = _answer_translator(task, resolved, cfg)
     if encoder:  # a classification or span head: argmax, no generation (flare_cli/encoder_tasks.py)
         from flare_cli.encoder_tasks import DEFAULT_MAX_LENGTH, evaluate_encoder_rows
 
-        meta = (adapter_settings(cfg.adapter).get("meta", {}) if cfg.adapter else {})
         max_new_tokens = None
+        max_length = max_length or DEFAULT_MAX_LENGTH
         evaluate_rows_for = functools.partial(
-            evaluate_encoder_rows, max_length=cfg.max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH,
-            answer_translator=answer_translator,
+            evaluate_encoder_rows, max_length=max_length, answer_translator=answer_translator,
         )
     else:
         evaluate_rows_for = functools.partial(
             evaluate_rows, max_new_tokens=max_new_tokens, answer_translator=answer_translator,
-            max_length=cfg.max_length,
+            max_length=max_length,
         )
     result = evaluate_rows_for(
         model,
@@ -487,7 +464,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "data": resolved.source,
             "split": cfg.split or task.default_split,
             "data_config": cfg.data_config,
-            "max_length": cfg.max_length,
+            "max_length": max_length,
             "max_new_tokens": max_new_tokens,
             "batch_size": cfg.batch_size,
             "limit": cfg.limit,
@@ -495,7 +472,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "decoding": "argmax" if encoder else "greedy",
             "pivots": f"translated on the fly by {pivots_from}" if pivots_from else "data",
             **({"answers": f"back-translated by {answers_by}"} if answers_by else {}),
-            **({"mt_encoder": model.mt_encoder.model_id} if resolved.method == "flare-mt" else {}),
+            **({"mt_encoder": model.mt_encoder.model_id} if method_of(resolved.method).reads_mt else {}),
         },
     }
     out = Path(cfg.output_dir)

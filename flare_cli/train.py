@@ -33,6 +33,7 @@ from flare_cli.errors import ConfigError, DataError
 from flare_cli.fsutil import (
     LOCK_NAME, atomic_copy, atomic_write_text, check_output_dir, give_usual_modes, remove_tree, run_lock,
 )
+from flare_cli.methods import DEFAULT_METHOD, ENCODER_METHODS, TRAIN_METHODS, method_of
 
 RESULT_NAME = "train_result.json"
 # Prompt tokens kept per task when --max-length is not given (docs/tasks.md, "Truncation"): QA
@@ -60,7 +61,7 @@ class TrainConfig:
     output_dir: str
     task: str = "qa"
     lang: str = "en"
-    method: str = "lora"
+    method: str = DEFAULT_METHOD
     data: Optional[str] = None
     validation_data: Optional[str] = None
     split: str = "train"
@@ -104,11 +105,10 @@ class TrainConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if self.method not in ("lora", "flare", "input-fusion", "flare-mt"):
-            raise ConfigError(f"unknown method {self.method!r}; choose lora, flare, input-fusion or flare-mt")
-        if self.method == "flare-mt" and not self.mt_model:
+        method = method_of(self.method, choices=TRAIN_METHODS)
+        if method.reads_mt and not self.mt_model:
             raise ConfigError("--method flare-mt needs --mt-model (an NLLB/M2M100 Hub id or local folder)")
-        if self.method != "flare-mt" and (self.mt_model or self.mt_revision):
+        if not method.reads_mt and (self.mt_model or self.mt_revision):
             raise ConfigError("--mt-model/--mt-revision are for --method flare-mt only")
         if self.mt_projection not in ("shared", "per-layer"):
             raise ConfigError(f"--mt-projection must be shared or per-layer, got {self.mt_projection!r}")
@@ -263,7 +263,7 @@ def _load_rows(cfg: TrainConfig, source: Optional[str], split: str, task):
     from flare_cli.tasks.base import parse_columns
 
     rows = task.load(source, cfg.lang, split, config=cfg.data_config, columns=parse_columns(cfg.columns))
-    if cfg.method in ("flare", "input-fusion"):
+    if method_of(cfg.method).reads_pivot:
         task.require_pivots(rows, source or task.hub_id or cfg.task)
     return rows[: cfg.limit] if cfg.limit else rows
 
@@ -484,7 +484,7 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from flare_cli.encode import build_examples, collate, truncation_report
+    from flare_cli.encode import build_examples, collate, truncation_meta, truncation_report
     from flare_cli.export import base_fingerprint
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.flare.encoder import encoder_meta, family_defaults, model_family
@@ -507,8 +507,9 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     )
     family = model_family(model.config)  # encoders (XLM-R) load with their task head; flare/encoder.py
     defaults = family_defaults(family)
-    if family == "encoder" and cfg.method == "flare-mt":
-        raise ConfigError("--method flare-mt is for decoder bases; an encoder base takes lora, flare or input-fusion")
+    if family == "encoder" and not method_of(cfg.method).encoder_bases:
+        takes = ", ".join(m for m in TRAIN_METHODS if m in ENCODER_METHODS)
+        raise ConfigError(f"--method {cfg.method} is for decoder bases; an encoder base takes {takes}")
     if family == "encoder" and cfg.source_norm:
         raise ConfigError("--source-norm applies a layer's input norm; a post-LN encoder (XLM-R) has none")
     if cfg.load_in_4bit:
@@ -516,9 +517,9 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     targets = cfg.target_modules or defaults["target_modules"]
-    mt_encoder = _load_mt_encoder(cfg, model) if cfg.method == "flare-mt" else None
+    mt_encoder = _load_mt_encoder(cfg, model) if method_of(cfg.method).reads_mt else None
     flare_config = FlareConfig(
-        method=cfg.method, fusion=cfg.fusion if cfg.method in ("flare", "flare-mt") else "none", r=cfg.r,
+        method=cfg.method, fusion=cfg.fusion if method_of(cfg.method).fuses else "none", r=cfg.r,
         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
         fused_modules=cfg.fused_modules or defaults["fused_modules"], fused_layers=cfg.fused_layers,
         align=cfg.align or defaults["align"],
@@ -526,7 +527,7 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
         mt_revision=_mt_revision(cfg) if mt_encoder is not None else None,
         meta={"base_model": cfg.base, "task": cfg.task, "lang": cfg.lang, "task_adapter": cfg.task_adapter,
               "train_data": cfg.data, "base_fingerprint": base_fingerprint(model),
-              **(encoder_meta(model, task, cfg.max_length) if family == "encoder" else {})},
+              **(encoder_meta(model, task, cfg.max_length) if family == "encoder" else truncation_meta(cfg.max_length))},
     )
     _check_layers(cfg, model)
     try:

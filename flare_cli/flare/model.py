@@ -38,9 +38,9 @@ from flare_cli.flare.pivot import (
     find_decoder_layers,
     gather_aligned,
 )
+from flare_cli.methods import TRAIN_METHODS, Method, method_of
 
 FLARE_CONFIG_NAME = "flare_config.json"
-METHODS = ("lora", "flare", "input-fusion", "flare-mt")
 MT_PROJECTIONS = ("shared", "per-layer")
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 
@@ -69,8 +69,7 @@ class FlareConfig:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        method_of(self.method, choices=TRAIN_METHODS)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of: {', '.join(FUSIONS)}")
         if self.align not in ("end", "start"):
@@ -89,9 +88,18 @@ class FlareConfig:
                 raise ConfigError(f"fused modules {extra} are not LoRA targets {self.target_modules}")
 
     @property
+    def method_record(self) -> Method:
+        return method_of(self.method)
+
+    @property
     def is_fused(self) -> bool:
         """Whether this adapter reads a pivot (FLARE, FLARE-MT) rather than being plain LoRA."""
-        return self.method in ("flare", "flare-mt")
+        return self.method_record.fuses
+
+    @property
+    def reads_mt(self) -> bool:
+        """FLARE-MT: the pivot is the MT encoder's states of the target prompt."""
+        return self.method_record.reads_mt
 
     @property
     def fused_module_names(self) -> list[str]:
@@ -114,7 +122,7 @@ class FlareConfig:
         The owner is the first fused module name (``fused_modules[0]``) of the lowest fused layer
         (shared projection), or of every fused layer (``mt_projection="per-layer"``).
         """
-        if self.method != "flare-mt" or not self.fuses(module_name):
+        if not self.reads_mt or not self.fuses(module_name):
             return False
         if module_name.rsplit(".", 1)[-1] != self.fused_module_names[0]:
             return False
@@ -271,7 +279,7 @@ def get_flare_model(
     """
     from peft import get_peft_model
 
-    if config.method == "flare-mt":
+    if config.reads_mt:
         _check_mt_encoder(config, mt_encoder)
     resolve_modules(model, config)
     # an encoder (XLM-R) gets its head's peft task type and trains the head as modules_to_save
@@ -303,7 +311,7 @@ def load_flare_model(
     if raw is None:
         raise ModelError(f"{adapter_dir}: no {FLARE_CONFIG_NAME}; not an adapter written by flare_cli")
     config = FlareConfig.from_dict(raw)
-    if config.method == "flare-mt":
+    if config.reads_mt:
         if mt_encoder is None:
             if not config.mt_model:
                 raise ModelError(f"{adapter_dir}: a flare-mt adapter without mt_model in {FLARE_CONFIG_NAME}")
@@ -413,7 +421,7 @@ class FlareModel(nn.Module):
             )
         self.mt_encoder = None
         self._mt_owners: dict[int, FlareLinear] = {}
-        if config.method == "flare-mt":
+        if config.reads_mt:
             self._mt_owners = {m.flare_layer: m for m in self._fused if len(m.lora_flare_mtproj) > 0}
             if not self._mt_owners:
                 raise ConfigError(f"flare-mt: no fused {config.fused_modules[0]} module to hold the MT projection")
@@ -580,7 +588,7 @@ class FlareModel(nn.Module):
             return None
         if no_pivot:
             return PivotSession()
-        if self.flare_config.method == "flare-mt":
+        if self.flare_config.reads_mt:
             if mt_input_ids is None:
                 raise PivotError(
                     "this FLARE-MT adapter needs mt_input_ids (the target prompt in MT-encoder tokens), or no_pivot=True"
