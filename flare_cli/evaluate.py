@@ -481,3 +481,31 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     write_text_atomic(out / "predictions.jsonl", lines)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return EvalResult(metrics=metrics, predictions=result.predictions, output_dir=str(out))
+
+
+# -- several runs (flare eval --compare) -------------------------------------------------------------
+def run_label(adapter_dir: Optional[str], method: Optional[str]) -> str:
+    """The sub-folder of one run among several: the adapter folder's name (or ``base``) and the method."""
+    parts = [Path(adapter_dir).name if adapter_dir else "base"] + ([method] if method else [])
+    return "-".join(parts)
+
+
+def plan_runs(cfg: EvalConfig, adapters: Sequence[Optional[str]], methods: Sequence[Optional[str]]) -> list[EvalConfig]:
+    """One EvalConfig per (adapter, method) pair, ``cfg`` for the rest; with several runs each writes
+    into its own sub-folder of ``cfg.output_dir``. No adapters means the base; no methods, each
+    adapter's own."""
+    import dataclasses
+
+    pairs = [(a, m) for a in (list(adapters) or [None]) for m in (list(methods) or [None])]
+    return [
+        dataclasses.replace(cfg, adapter=a, method=m,
+                            output_dir=str(Path(cfg.output_dir) / run_label(a, m)) if len(pairs) > 1 else cfg.output_dir)
+        for a, m in pairs
+    ]
+
+
+def run_compare(
+    configs: Sequence[EvalConfig], progress_for: Optional[Callable[[EvalConfig], Optional[Callable[[int], None]]]] = None,
+) -> list[EvalResult]:
+    """Run every config in order (``plan_runs``); ``progress_for(cfg)`` gives each run its progress callback."""
+    return [run(cfg, progress=progress_for(cfg) if progress_for else None) for cfg in configs]
