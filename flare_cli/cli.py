@@ -397,14 +397,14 @@ def _training_progress():
 @app.command("eval")
 def eval_(
     adapters: list[str] = typer.Argument(None, help="Adapter folders to compare (same as repeated --adapter).", show_default=False),
-    adapter: list[str] = typer.Option([], "--adapter", help="Adapter folder (repeatable).", show_default=False),
+    adapter: list[str] = typer.Option([], "--adapter", help="Adapter folder or Hub repo user/name[@revision] (repeatable).", show_default=False),
     compare: bool = typer.Option(False, "--compare", help="Side-by-side table of every adapter/method given."),
     method: list[str] = typer.Option(
         [], "--method", help="zero-shot | translate-test | lora | input-fusion | flare | flare-mt (repeatable; "
         "default: the adapter's method, zero-shot without one).", show_default=False
     ),
     base: str = typer.Option(None, "--base", help="Base model (default: the adapter's)."),
-    task_adapter: str = typer.Option(None, "--task-adapter", help="Stage-1 English task LoRA merged into the base."),
+    task_adapter: str = typer.Option(None, "--task-adapter", help="Stage-1 English task LoRA (folder or Hub id) merged into the base."),
     task: str = typer.Option(None, "--task", help="qa | nli | sentiment | custom (default: the adapter's)."),
     lang: str = typer.Option(None, "--lang", help="Target language code (default: the adapter's)."),
     data: str = typer.Option(None, "--data", help="Local JSONL/CSV/parquet or Hub dataset id (default: the task's)."),
@@ -510,13 +510,14 @@ def _eval_line(m: dict, output_dir: str) -> str:
 
 @app.command()
 def merge(
-    adapter: Path = typer.Option(..., "--adapter", help="Saved adapter folder (adapter_config.json + weights)."),
+    adapter: str = typer.Option(..., "--adapter", help="Saved adapter folder, or Hub repo user/name[@revision]."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the merged model."),
     base: Optional[str] = typer.Option(
         None, "--base", help="Base model folder or Hub id (default: the adapter's base_model_name_or_path)."
     ),
     task_adapter: Optional[str] = typer.Option(
-        None, "--task-adapter", help="Stage-1 task LoRA merged in first (default: the one the adapter was trained on)."
+        None, "--task-adapter",
+        help="Stage-1 task LoRA (folder or Hub id) merged in first (default: the one the adapter was trained on).",
     ),
     no_task_adapter: bool = typer.Option(False, "--no-task-adapter", help="Merge into the bare base, without stage 1."),
     max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 2GB."),
@@ -559,7 +560,8 @@ def push(
     folder: Path = typer.Option(..., "--folder", help="Adapter folder or merged-model folder to upload."),
     repo_id: str = typer.Option(..., "--repo-id", help="Target repository, user/name or org/name."),
     private: Optional[bool] = typer.Option(
-        None, "--private/--public", help="Visibility of a new repo (default: the namespace's default)."
+        None, "--private/--public",
+        help="Visibility; an existing repo is switched (default: keep it; a new repo gets the namespace's default).",
     ),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to; created if missing."),
     create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request instead of committing to main."),
@@ -568,10 +570,19 @@ def push(
         None, "--token", help="Hub token (default: HF_TOKEN, then the stored login). Never printed.",
         show_default=False,
     ),
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="Hub id of the base, when the adapter was trained on a local copy of it."
+    ),
+    task_adapter: Optional[str] = typer.Option(
+        None, "--task-adapter", help="Stage-1 task adapter (folder or Hub id) when the recorded one is not found here."
+    ),
+    license: Optional[str] = typer.Option(
+        None, "--license", help="Hub licence id for the card (default: the most restrictive of base, MT model, data)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the files and the card; contact nobody."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
 ) -> None:
-    """Publish an adapter or merged model folder to the Hugging Face Hub."""
+    """Publish an adapter or merged model folder to the Hugging Face Hub (self-contained: the trained model)."""
     import json
     from dataclasses import asdict
 
@@ -579,9 +590,16 @@ def push(
 
     cfg = hub.PushConfig(
         folder=folder, repo_id=repo_id, token=token, private=private, revision=revision,
-        create_pr=create_pr, commit_message=commit_message, dry_run=dry_run,
+        create_pr=create_pr, commit_message=commit_message, dry_run=dry_run, base_model=base_model,
+        task_adapter=task_adapter, license=license,
     )
     result = run_stage(lambda: hub.run(cfg))
+    from rich.markup import escape
+
+    for line in result.warnings:
+        _stderr_console().print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if result.visibility_changed:
+        _stderr_console().print(f"{result.repo_id} was switched to {result.visibility_changed}", highlight=False)
     if json_out:
         typer.echo(json.dumps(asdict(result), indent=2, default=str))
         return
@@ -592,10 +610,10 @@ def push(
         typer.echo("--- README.md ---")
         typer.echo(result.card)
         return
-    if result.card_written:
-        _stderr_console().print(f"wrote the model card to {folder / 'README.md'}", highlight=False)
     target = result.pr_url or result.commit_url
-    if result.changed:
+    if cfg.create_pr and result.pr_url and not result.changed:
+        typer.echo(f"an open pull request already proposes these files: {result.pr_url}; no new one opened")
+    elif result.changed:
         typer.echo(f"pushed {result.kind} to {result.repo_id} ({result.revision}): {target}")
     else:
         typer.echo(f"{result.repo_id} ({result.revision}) is up to date; no commit made: {target}")

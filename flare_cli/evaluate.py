@@ -13,6 +13,7 @@ Three layers, each usable alone:
 from __future__ import annotations
 
 import functools
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,8 +288,10 @@ def _attach_lora(model, adapter_dir: str):
         raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({str(err).splitlines()[0]})") from None
 
 
-def _load_adapter(model, adapter_dir: str, settings: dict, mt_model: Optional[str] = None):
-    """``mt_model`` (FLARE-MT only) replaces the recorded MT encoder, e.g. a local copy of it."""
+def _load_adapter(model, adapter_dir: str, settings: dict, mt_model: Optional[str] = None,
+                  has_task_adapter: bool = False):
+    """``mt_model`` (FLARE-MT only) replaces the recorded MT encoder, e.g. a local copy of it;
+    ``has_task_adapter``: ``model`` has a stage-1 adapter merged already."""
     if method_of(settings.get("method", DEFAULT_METHOD)).fuses:
         try:
             from flare_cli.flare import load_flare_model, load_mt_encoder
@@ -297,7 +300,7 @@ def _load_adapter(model, adapter_dir: str, settings: dict, mt_model: Optional[st
         encoder = None
         if method_of(settings["method"]).reads_mt and mt_model:
             encoder = load_mt_encoder(mt_model, dtype=model.get_input_embeddings().weight.dtype)
-        return load_flare_model(model, adapter_dir, mt_encoder=encoder)
+        return load_flare_model(model, adapter_dir, mt_encoder=encoder, merge_task_adapter=not has_task_adapter)
     return _attach_lora(model, adapter_dir)
 
 
@@ -334,8 +337,17 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
     if not base:
         raise ConfigError("which base model? pass --base")
     task = get_task(task_name, **cfg.task_options)
-    # A stage-3 adapter was trained on base + its stage-1 task adapter: evaluate it on the same.
-    task_adapter = cfg.task_adapter or (settings.get("task_adapter") if cfg.adapter else None)
+    # A stage-3 adapter was trained on base + its stage-1 task adapter: evaluate it on the same
+    # (a pushed FLARE repo carries it; load_flare_model merges that one itself).
+    task_adapter = cfg.task_adapter
+    if cfg.adapter and not task_adapter and not settings.get("bundled_task_adapter"):
+        from flare_cli.publish import recorded_task_adapter
+
+        task_adapter = recorded_task_adapter(cfg.adapter, settings)
+    if task_adapter:
+        from flare_cli.hub import resolve_adapter
+
+        task_adapter = str(resolve_adapter(task_adapter, what="task adapter"))
     return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "", task_adapter)
 
 
@@ -386,6 +398,11 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     from flare_cli.mt_engines import check_engine_options
 
     check_engine_options(cfg.mt_engine, cfg.mt_compute_type)  # a missing MT engine fails before any model loads
+    adapter_ref = cfg.adapter
+    if cfg.adapter:  # a folder, or a Hub repo user/name[@revision] (its snapshot in the HF cache)
+        from flare_cli.hub import resolve_adapter
+
+        cfg = dataclasses.replace(cfg, adapter=str(resolve_adapter(cfg.adapter)))
     resolved = _resolve(cfg)
     task = resolved.task
     if cfg.qa_metric:
@@ -417,7 +434,8 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         raise ConfigError(f"{resolved.base} has no trained {task.name} head: --method {resolved.method} needs "
                           "--task-adapter (the stage-1 English adapter, which holds the head)")
     if cfg.adapter:
-        model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter), mt_model=cfg.mt_model)
+        model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter), mt_model=cfg.mt_model,
+                              has_task_adapter=resolved.task_adapter is not None)
     model.eval()
 
     max_new_tokens = cfg.max_new_tokens or default_max_new_tokens(task)
@@ -457,7 +475,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         "task": task.name,
         "lang": resolved.lang,
         "method": resolved.method,
-        "adapter": cfg.adapter,
+        "adapter": adapter_ref,
         "settings": {
             "base": resolved.base,
             "task_adapter": resolved.task_adapter,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from flare_cli import __version__
 from flare_cli.errors import ConfigError, DataError, MergeError, ModelError
@@ -166,7 +167,9 @@ def _is_quantized(config) -> bool:
 
 def run(cfg: MergeConfig) -> MergeResult:
     """Fold a LoRA adapter into its base and save a full model folder (atomic)."""
-    adapter = Path(cfg.adapter)
+    from flare_cli.hub import resolve_adapter
+
+    adapter = resolve_adapter(cfg.adapter)  # a folder, or a Hub repo user/name[@revision]
     adapter_config = _check_adapter_folder(adapter)
     flare = read_flare_config(adapter)
     method = flare.get("method", "lora")
@@ -180,7 +183,9 @@ def run(cfg: MergeConfig) -> MergeResult:
     base = cfg.base or adapter_config.get("base_model_name_or_path")
     if not base:
         raise ConfigError(f"{adapter / 'adapter_config.json'} names no base model; pass --base")
-    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or flare.get("task_adapter"))
+    from flare_cli.publish import recorded_task_adapter
+
+    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or recorded_task_adapter(adapter, flare))
     # never write over (or into) what this merge reads
     for option, source in (("--adapter", adapter), ("--base", base), ("--task-adapter", task_adapter)):
         if source and Path(source).exists():
@@ -201,7 +206,8 @@ def run(cfg: MergeConfig) -> MergeResult:
             "it is NOT the trained model (run `flare eval` on both to measure the difference)"
         )
 
-    if task_adapter and not (Path(task_adapter) / "adapter_config.json").is_file():
+    task_adapter_dir = _as_local_adapter(task_adapter) if task_adapter else None
+    if task_adapter and not (task_adapter_dir / "adapter_config.json").is_file():
         raise ConfigError(
             f"the adapter was trained on base + task adapter {task_adapter}, which is not an adapter folder here; "
             "pass --task-adapter DIR (or --no-task-adapter to merge into the bare base)"
@@ -209,7 +215,7 @@ def run(cfg: MergeConfig) -> MergeResult:
     lora_config, lora_state = _read_lora(adapter)  # before the (slow) base load: fail fast
     model = _load_base(base, dtype, dequantize=_is_quantized(base_config), flare=flare)
     if task_adapter:
-        model = _merge_task_adapter(model, task_adapter)
+        model = _merge_task_adapter(model, str(task_adapter_dir))
     _check_same_base(adapter, flare, base, model)
     merged = _fold_adapter(model, adapter, lora_config, lora_state)
 
@@ -305,6 +311,16 @@ def _write_merged(cfg: MergeConfig, merged, adapter: Path, base: str, dtype, out
     except BaseException:
         remove_tree(tmp)
         raise
+
+
+def _as_local_adapter(ref: str) -> Path:
+    """A task adapter folder, or the snapshot of a Hub id; a missing folder stays as it is."""
+    from flare_cli.hub import resolve_adapter
+
+    try:
+        return resolve_adapter(ref, what="task adapter")
+    except DataError:
+        return Path(ref)
 
 
 def _merge_task_adapter(model, task_adapter: str):
@@ -410,7 +426,6 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 # --------------------------------------------------------------------------- model card
 
-
 def _encoder_head(flare: dict):
     """The task head an encoder adapter was trained with (flare_config.json meta), or None (decoder)."""
     from flare_cli.flare.encoder import HEADS
@@ -434,13 +449,98 @@ def read_metrics(folder: Path) -> list[dict]:
     return rows
 
 
+# Placeholder for the repo id in a card written before anyone knows it (`flare merge`); `flare push`
+# puts the real id in its place.
+REPO_PLACEHOLDER = "YOUR_USER/YOUR_REPO"
+PIPELINE_TAG = "text-generation"  # every task is answered by generation from a prompt
+
+# Licences of models and data flare_cli works with, as Hub licence ids. Most restrictive first.
+_KNOWN_LICENSES = (
+    (re.compile(r"(^|/)nllb", re.I), "cc-by-nc-4.0"),  # NLLB-200 weights
+    (re.compile(r"^facebook/xnli$", re.I), "cc-by-nc-4.0"),
+    (re.compile(r"(^|/)m2m100", re.I), "mit"),
+    (re.compile(r"^google-research-datasets/tydiqa$", re.I), "apache-2.0"),
+    (re.compile(r"^indonlp/nusax-senti$", re.I), "cc-by-sa-4.0"),
+    (re.compile(r"^meta-llama/(meta-)?llama-3\.3", re.I), "llama3.3"),
+    (re.compile(r"^meta-llama/(meta-)?llama-3\.2", re.I), "llama3.2"),
+    (re.compile(r"^meta-llama/(meta-)?llama-3\.1", re.I), "llama3.1"),
+    (re.compile(r"^meta-llama/meta-llama-3-", re.I), "llama3"),
+    (re.compile(r"^meta-llama/llama-2", re.I), "llama2"),
+    (re.compile(r"^google/gemma-3", re.I), "gemma"),
+    (re.compile(r"^google/gemma", re.I), "gemma"),
+    (re.compile(r"^mistralai/mistral-7b", re.I), "apache-2.0"),
+)
+
+
+def license_rank(license_id: str) -> int:
+    """How restrictive a Hub licence id is: 3 non-commercial, 2 custom terms, 1 share-alike, 0 permissive."""
+    lid = license_id.lower()
+    if "-nc" in lid or lid in {"other", "unknown"}:
+        return 3 if "-nc" in lid else 2
+    if lid.startswith(("llama", "gemma", "openrail", "bigscience", "creativeml", "deepfloyd", "apple")):
+        return 2
+    if "-sa" in lid or lid.startswith(("gpl", "agpl", "lgpl")):
+        return 1
+    return 0
+
+
+def known_license(name: Optional[str], local_path: Optional[str] = None) -> Optional[str]:
+    """The licence of a model or dataset: from its Hub id, or a local copy's README.md front matter."""
+    for candidate in (local_path, name):
+        if candidate and Path(candidate).is_dir() and (Path(candidate) / "README.md").is_file():
+            try:
+                from huggingface_hub import ModelCard
+
+                found = ModelCard.load(Path(candidate) / "README.md", ignore_metadata_errors=True).data.license
+            except Exception:  # a README that is no card: nothing known from it
+                found = None
+            if found:
+                return str(found)
+    from flare_cli.publish import hub_id_of
+
+    hub = hub_id_of(name) or name
+    for pattern, lid in _KNOWN_LICENSES:
+        if hub and pattern.search(hub):
+            return lid
+    return None
+
+
+def derive_license(sources: list[tuple[str, str, Optional[str]]]) -> tuple[Optional[str], list[str]]:
+    """(most restrictive known licence, one line per source) for ``(role, name, local path)`` rows."""
+    found = []
+    for role, name, local in sources:
+        lid = known_license(name, local) if name else None
+        if lid:
+            found.append((role, name, lid))
+    if not found:
+        return None, []
+    top = max(found, key=lambda row: license_rank(row[2]))
+    return top[2], [f"{role} `{name}`: `{lid}`" for role, name, lid in found]
+
+
 def uses_non_commercial_mt(flare: dict) -> str | None:
     """The MT model named in flare_config.json when its licence is non-commercial (NLLB)."""
-    for key in ("mt_model", "translate_model"):
+    for key in ("mt_model", "translate_model", "train_data_mt_model"):
         name = flare.get(key)
-        if isinstance(name, str) and any(tag in name.lower() for tag in _NON_COMMERCIAL_MT):
+        if isinstance(name, str) and license_rank(known_license(name) or "") == 3:
             return name
     return None
+
+
+def hub_language(code: Optional[str]) -> Optional[str]:
+    """The Hub's language code: ISO 639-1 where one exists, else ISO 639-3 (never swh_Latn or sw-KE)."""
+    if not code:
+        return None
+    from flare_cli.languages import resolve
+
+    lang = resolve(code)
+    return lang.iso1 or lang.iso3
+
+
+def _hub_dataset(name: Optional[str]) -> Optional[str]:
+    from flare_cli.publish import is_local_path
+
+    return name if name and not is_local_path(name) else None
 
 
 def build_model_card(
@@ -452,13 +552,18 @@ def build_model_card(
     merged_dtype: str | None = None,
     repo_id: str | None = None,
     license: str | None = None,
+    base_path: str | None = None,
+    warnings: list | None = None,
 ):
     """A README.md for an adapter folder (relation "adapter") or a model merged from it ("merge").
 
     `folder` is the adapter folder: its adapter_config.json, flare_config.json and metrics.json
-    supply the metadata. `flare train` calls this to write README.md next to a new adapter.
+    supply the metadata. A local base path is never published (only Hub ids are); `license`
+    overrides the derived licence (a line is appended to `warnings` when they differ).
     """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from flare_cli.publish import hub_id_of, public_name
 
     folder = Path(folder)
     if relation not in {"adapter", "merge"}:
@@ -469,64 +574,102 @@ def build_model_card(
     method = flare.get("method", "lora")
     task = flare.get("task")
     lang = flare.get("lang")
-    base = base_model or flare.get("base_model") or adapter_config.get("base_model_name_or_path")
-    nc_mt = uses_non_commercial_mt(flare)
-    license = license or flare.get("license") or ("cc-by-nc-4.0" if nc_mt else None)
+    recorded = base_model or flare.get("base_model") or adapter_config.get("base_model_name_or_path") or base_path
+    base_hub = hub_id_of(recorded)
+    base_local = base_path or (recorded if recorded and base_hub is None else None)
     name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+
+    data_mt = flare.get("train_data_mt_model")
+    derived, license_lines = derive_license([
+        ("base model", base_hub or public_name(recorded), base_local),
+        ("MT encoder", flare.get("mt_model"), flare.get("mt_model")),
+        ("MT model that translated the training data", data_mt, None),
+        ("training data", flare.get("train_data"), None),
+    ])
+    if license and derived and license != derived and warnings is not None:
+        warnings.append(f"--license {license} overrides the derived licence {derived} ({'; '.join(license_lines)})")
+    chosen = license or flare.get("license") or derived
 
     tags = ["flare", "lora", "cross-lingual"] + ([task] if task else []) + ([method] if method != "lora" else [])
     if relation == "merge":
         tags.append("merged")
-    eval_results = [_eval_result(EvalResult, row, task, lang) for row in metrics] or None
+    eval_results = [r for row in metrics for r in _eval_results(row, task, lang)] or None
+    datasets = list(flare.get("datasets") or [])
+    datasets += [d for d in (_hub_dataset(flare.get("train_data")), _hub_dataset(flare.get("validation_data"))) if d]
+    language = hub_language(lang)
     head = _encoder_head(flare)
-    datasets = flare.get("datasets")
     data = ModelCardData(
-        base_model=base,
-        base_model_relation=relation,
+        base_model=base_hub,
+        base_model_relation=relation if base_hub else None,
         library_name="peft" if relation == "adapter" else "transformers",
-        language=[lang] if lang else None,
-        license=license,
+        pipeline_tag=head.pipeline_tag if head else PIPELINE_TAG,
+        language=[language] if language else None,
+        license=chosen,
         tags=list(dict.fromkeys(tags)),
-        datasets=datasets if datasets else None,
+        datasets=list(dict.fromkeys(datasets)) or None,
         model_name=name,
         eval_results=eval_results,
-        pipeline_tag=head.pipeline_tag if head else None,
     )
     body = _card_body(
         name=name,
-        repo_id=repo_id or str(folder),
-        base=base,
+        repo_id=repo_id or REPO_PLACEHOLDER,
+        base=base_hub,
+        base_shown=base_hub or public_name(recorded),
         relation=relation,
         method=method,
         flare=flare,
         adapter_config=adapter_config,
         metrics=metrics,
-        nc_mt=nc_mt,
+        license=chosen,
+        license_lines=license_lines,
+        overridden=bool(license and derived and license != derived),
         dropped_pivot=dropped_pivot,
         merged_dtype=merged_dtype,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def _eval_result(EvalResult, row: dict, task: str | None, lang: str | None):
+_SCORE_KEYS = ("exact_match", "f1", "accuracy", "macro_f1")
+
+
+def _eval_results(row: dict, task: str | None, lang: str | None) -> list:
+    """One EvalResult per score in a metrics.json row, on the split and data that were really scored."""
+    from huggingface_hub import EvalResult
+
+    from flare_cli.publish import public_name
+
+    settings = row.get("settings") or {}
     row_task = row.get("task") or task or "task"
     row_lang = row.get("lang") or lang
-    dataset = row.get("dataset") or f"flare-{row_task}" + (f"-{row_lang}" if row_lang else "")
-    return EvalResult(
-        task_type=_HUB_TASK.get(row_task, row_task),
-        dataset_type=dataset,
-        dataset_name=row.get("dataset_name") or dataset,
-        dataset_split=row.get("split", "test"),
-        metric_type=str(row["metric"]),
-        metric_value=row["value"],
-    )
+    data = row.get("dataset") or settings.get("data")
+    dataset = _hub_dataset(data) or public_name(data) or f"flare-{row_task}" + (f"-{row_lang}" if row_lang else "")
+    split = row.get("split") or settings.get("split")
+    scores = [(k, row[k]) for k in _SCORE_KEYS if isinstance(row.get(k), (int, float))]
+    if not scores:
+        scores = [(str(row["metric"]), row["value"])]
+    return [
+        EvalResult(
+            task_type=_HUB_TASK.get(row_task, row_task),
+            dataset_type=dataset,
+            dataset_name=f"{dataset} ({hub_language(row_lang) or row_lang})" if row_lang else dataset,
+            dataset_split=split,
+            dataset_config=hub_language(row_lang) if row_lang else None,
+            metric_type=metric,
+            metric_value=value,
+        )
+        for metric, value in scores
+    ]
 
 
 def _card_body(
-    *, name, repo_id, base, relation, method, flare, adapter_config, metrics, nc_mt, dropped_pivot, merged_dtype
+    *, name, repo_id, base, base_shown, relation, method, flare, adapter_config, metrics, license, license_lines,
+    overridden, dropped_pivot, merged_dtype,
 ) -> str:
+    from flare_cli.publish import public_name
+
     is_flare = method in FLARE_METHODS
     fusion = flare.get("fusion")
+    base_code = base or "BASE_MODEL"  # a local base has no Hub id to print
     lines = [f"# {name}", ""]
     what = {
         "flare": f"a FLARE adapter (LoRA whose bottleneck fuses the English pivot, fusion `{fusion}`)",
@@ -537,19 +680,28 @@ def _card_body(
     task, lang = flare.get("task"), flare.get("lang")
     on = f" for `{task}`" if task else ""
     on += f" in `{lang}`" if lang else ""
+    base_text = f"`{base}`" if base else f"a local base model (`{base_shown}`, no Hub id recorded)"
     if relation == "adapter":
         version = flare.get("flare_cli_version")
         made_with = f", trained with flare_cli {version}" if version else ""
-        lines.append(f"This is {what}{on}, on top of `{base}`{made_with}.")
+        lines.append(f"This is {what}{on}, on top of {base_text}{made_with}.")
     else:
-        lines.append(f"This is `{base}` with {what}{on} merged into its weights (dtype `{merged_dtype}`).")
+        lines.append(f"This is {base_text} with {what}{on} merged into its weights (dtype `{merged_dtype}`).")
     lines.append("")
-    task_adapter = flare.get("task_adapter")
-    if task_adapter and relation == "adapter":
-        lines += [f"It was trained on `{base}` with the stage-1 English task adapter `{task_adapter}` merged in: "
-                  "merge that adapter into the base before loading this one.", ""]
-    elif task_adapter:
+    task_adapter = public_name(flare.get("task_adapter"))
+    if relation == "merge" and task_adapter and not flare.get("task_adapter_folded"):
         lines += [f"The stage-1 English task adapter `{task_adapter}` was merged into the base first.", ""]
+    elif flare.get("task_adapter_folded"):
+        lines += [f"It was trained on the base with the stage-1 English task adapter `{task_adapter}` merged in. "
+                  "That adapter is folded into this one (one LoRA of their summed rank, the same function), "
+                  "so this repo alone, on the bare base, is the trained model.", ""]
+    elif flare.get("bundled_task_adapter"):
+        lines += [f"It was trained on the base with the stage-1 English task adapter `{task_adapter}` merged in. "
+                  f"That adapter travels in this repo (`{flare['bundled_task_adapter']}/`); `load_flare_model` "
+                  "merges it into the base before attaching this adapter.", ""]
+    elif task_adapter:
+        lines += [f"It was trained on the base with the stage-1 English task adapter `{task_adapter}` merged in: "
+                  "merge that adapter into the base before loading this one.", ""]
 
     if relation == "merge" and dropped_pivot:
         lines += [
@@ -577,6 +729,10 @@ def _card_body(
             ]
 
     lines += ["## How to use", ""]
+    if not base:
+        lines += ["Replace `BASE_MODEL` below with the base model this adapter was trained on "
+                  f"(a local folder named `{base_shown}`).", ""]
+    task_lang = f" --task {task or 'TASK'} --lang {lang or 'LANG'}"
     head = _encoder_head(flare)
     auto_class = head.auto_class if head else "AutoModelForCausalLM"
     if relation == "merge":
@@ -585,25 +741,21 @@ def _card_body(
                   f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```", ""]
     elif is_flare:
         lines += [
-            "Load it with flare_cli, which reads `flare_config.json` and restores the pivot fusion:",
+            "Load it with flare_cli (`pip install flare-cli`), which reads `flare_config.json` and restores the "
+            "pivot fusion:",
             "",
             "```bash",
-            f'flare eval --adapter "$(hf download {repo_id})" --task {task or "TASK"} --lang {lang or "LANG"}',
+            f"flare eval --adapter {repo_id}{task_lang}" + ("" if base else " --base BASE_MODEL"),
             "```",
             "",
             "```python",
-            "from huggingface_hub import snapshot_download",
+            f"from transformers import {auto_class}, AutoTokenizer",
             "",
             "from flare_cli.flare import load_flare_model",
-            "from flare_cli.modeling import load_base_model",
-            *(["from flare_cli.tasks import get_task"] if head else []),
             "",
-            # the base (with the stage-1 task adapter merged, as in training), then this adapter;
-            # an encoder base also needs the task, which picks its head
-            f'model, tokenizer = load_base_model("{base}"'
-            + (f', task_adapter="{task_adapter}"' if task_adapter else "")
-            + (f', task=get_task("{task or "TASK"}")' if head else "") + ")",
-            f'model = load_flare_model(model, snapshot_download("{repo_id}"))',
+            f'base = {auto_class}.from_pretrained("{base_code}"{_head_kwargs(flare)})',
+            f'tokenizer = AutoTokenizer.from_pretrained("{base_code}")',
+            f'model = load_flare_model(base, "{repo_id}")  # downloads the repo; merges its stage-1 adapter',
             "```",
             "",
             "Plain `peft` (`PeftModel.from_pretrained`) loads only the LoRA matrices and ignores the "
@@ -626,11 +778,16 @@ def _card_body(
             "from peft import PeftModel",
             f"from transformers import {auto_class}",
             "",
-            f'base = {auto_class}.from_pretrained("{base}"{_head_kwargs(flare)})',
+            f'base = {auto_class}.from_pretrained("{base_code}"{_head_kwargs(flare)})',
             f'model = PeftModel.from_pretrained(base, "{repo_id}")',
             "```",
             "",
-            f"or `flare eval --adapter {repo_id}`; `flare merge` folds it into a standalone model.",
+            "or with flare_cli:",
+            "",
+            "```bash",
+            f"flare eval --adapter {repo_id}{task_lang}" + ("" if base else " --base BASE_MODEL"),
+            f"flare merge --adapter {repo_id} --output-dir merged" + ("" if base else " --base BASE_MODEL"),
+            "```",
             "",
         ]
 
@@ -647,22 +804,45 @@ def _card_body(
                 lines.append(f"- {key}: {', '.join(value) if isinstance(value, list) else value}")
         lines.append("")
 
+    data_lines = []
+    if flare.get("train_data"):
+        data_lines.append(f"- training data: `{public_name(flare['train_data'])}`")
+    if flare.get("train_data_mt_model"):
+        revision = flare.get("train_data_mt_revision")
+        data_lines.append(f"- machine-translated by `{flare['train_data_mt_model']}`"
+                          + (f" (revision `{revision}`)" if revision else "")
+                          + (f", {flare['train_data_src_lang']} -> {flare['train_data_tgt_lang']}"
+                             if flare.get("train_data_src_lang") else ""))
+    if flare.get("validation_data"):
+        data_lines.append(f"- validation data: `{public_name(flare['validation_data'])}`")
+    if data_lines:
+        lines += ["## Training data", "", *data_lines, ""]
+
     if metrics:
-        lines += ["## Evaluation", "", "| task | lang | method | metric | value | n |", "|---|---|---|---|---|---|"]
+        lines += ["## Evaluation", "", "| task | lang | method | data | split | metric | value | n |",
+                  "|---|---|---|---|---|---|---|---|"]
         for row in metrics:
+            settings = row.get("settings") or {}
+            data = public_name(row.get("dataset") or settings.get("data")) or ""
+            split = row.get("split") or settings.get("split") or ""
             lines.append(
                 f"| {row.get('task', task or '')} | {row.get('lang', lang or '')} | {row.get('method', method)} "
-                f"| {row['metric']} | {row['value']} | {row.get('n', '')} |"
+                f"| {data} | {split} | {row['metric']} | {row['value']} | {row.get('n', '')} |"
             )
         lines.append("")
 
     lines += ["## License", ""]
-    if nc_mt:
+    if license_lines:
+        lines.append("Known licences of what this model is made from: " + "; ".join(license_lines) + ".")
+    if overridden:
+        lines.append(f"The publisher declared `{license}` instead of the most restrictive of these.")
+    elif license and license_rank(license) == 3:
         lines.append(
-            f"The training data was machine-translated with `{nc_mt}`, whose weights are licensed CC-BY-NC-4.0 "
-            "(non-commercial). This card therefore declares `cc-by-nc-4.0`; check the base model's licence "
-            "and the MT licence before any commercial use."
+            f"This card declares `{license}`, the most restrictive of them (non-commercial): check every "
+            "licence above before any commercial use."
         )
+    elif license:
+        lines.append(f"This card declares `{license}`, the most restrictive of them; the others apply as well.")
     else:
         lines.append("The base model's licence applies to this model as well.")
     lines += ["", f"Card written by flare_cli {__version__} (FLARE: Borchert et al., ACL 2025).", ""]

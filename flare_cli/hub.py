@@ -1,17 +1,27 @@
-"""`flare push`: publish an adapter or merged-model folder to the Hugging Face Hub.
+"""The Hugging Face Hub: `flare push`, and Hub ids wherever an adapter folder is taken.
 
-Only files that belong to an adapter or a merged model are uploaded (an allow-list), the token
-is never echoed (errors are scrubbed), and a rerun on an unchanged folder makes no commit:
-huggingface_hub drops files whose remote oid already matches.
+`resolve_adapter` is the one place that turns ``user/name[@revision]`` into a local folder (a
+snapshot in the Hugging Face cache); eval, merge, load_flare_model and push all go through it.
+
+`flare push` uploads exactly the allow-listed top-level files of an adapter or merged-model folder,
+rewritten where needed so that the repo is the trained model on its own (flare_cli/publish.py).
+The token is stripped and never echoed (errors are scrubbed of every form of it), and a rerun on
+an unchanged folder makes no commit: huggingface_hub drops files whose remote oid already matches.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Optional
+from urllib.parse import quote
 
 from flare_cli.errors import ConfigError, DataError, HubError
 
@@ -26,6 +36,70 @@ MERGED_ALLOW = [
     "model.safetensors.index.json",
 ]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_HUB_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
+OFFLINE_MESSAGE = "HF_HUB_OFFLINE is set: cannot reach the Hub (unset it, or use --dry-run)"
+
+
+# --------------------------------------------------------------------------- Hub ids as folders
+
+
+def _endpoint() -> Optional[str]:
+    # HF_ENDPOINT is read at call time (huggingface_hub reads it once, at import).
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    return env in {"1", "ON", "YES", "TRUE"} or constants.is_offline_mode()
+
+
+def resolve_adapter(ref, *, what: str = "adapter", local_only: bool = False) -> Path:
+    """A local adapter folder for ``ref``: the folder itself, or the snapshot of the Hub repo
+    ``user/name[@revision]`` (downloaded into the Hugging Face cache, or found there offline)."""
+    text = str(ref)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise DataError(f"{what} {text} is a file, not an adapter folder")
+    match = _HUB_REF.match(text)
+    # runs/x where ./runs exists is a mistyped local path, not the Hub repo runs/x
+    if match is None or (not match["revision"] and Path(text.split("/", 1)[0]).is_dir()):
+        raise DataError(f"{what} {text} does not exist (neither a local folder nor a Hub id user/name[@revision])")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, revision = match["repo"], match["revision"]
+    offline = local_only or _offline()
+    try:
+        return Path(snapshot_download(repo, revision=revision, endpoint=_endpoint(), local_files_only=offline))
+    except LocalEntryNotFoundError:
+        why = "HF_HUB_OFFLINE is set" if _offline() else ("--dry-run contacts nobody" if local_only else
+                                                            "the Hub is unreachable")
+        raise HubError(f"{what} {text} is no local folder and not in the Hugging Face cache, and {why}: "
+                       f"download it first (`hf download {repo}`) or pass a local folder") from None
+    except GatedRepoError:
+        raise HubError(f"{what} {text} is a gated Hub repo: accept its terms and log in (`hf auth login`)") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{what} {text}: revision {revision!r} not found on the Hub") from None
+    except RepositoryNotFoundError:
+        raise HubError(f"{what} {text} is no local folder, and no Hub repo of that name is visible "
+                       "(private? log in with `hf auth login`)") from None
+    except HfHubHTTPError as err:
+        raise HubError(f"cannot download {what} {text}: {_first_line(err)}") from None
+    except OSError as err:
+        raise HubError(f"cannot download {what} {text}: {_first_line(err)}") from None
+
+
+# --------------------------------------------------------------------------- push
 
 
 @dataclass
@@ -33,11 +107,14 @@ class PushConfig:
     folder: Path
     repo_id: str
     token: str | None = field(default=None, repr=False)  # never printed
-    private: bool | None = None  # None: the Hub's default for the namespace
+    private: bool | None = None  # None: keep an existing repo's visibility / the namespace default
     revision: str | None = None
     create_pr: bool = False
     commit_message: str | None = None
     dry_run: bool = False
+    base_model: str | None = None  # the base's Hub id, when the adapter was trained on a local folder
+    task_adapter: str | None = None  # the stage-1 adapter, when the recorded path does not resolve here
+    license: str | None = None  # overrides the licence derived from base, MT model and data
 
 
 @dataclass
@@ -47,7 +124,7 @@ class PushResult:
     files: list[str]
     card: str
     dry_run: bool
-    card_written: bool = False  # README.md was generated into the folder
+    card_generated: bool = False  # the folder has no card of its own: one was generated for this push
     user: str | None = None
     repo_url: str | None = None
     revision: str | None = None
@@ -55,6 +132,9 @@ class PushResult:
     commit_oid: str | None = None
     pr_url: str | None = None
     changed: bool = False
+    visibility_changed: str | None = None  # "private" / "public" when an existing repo was switched
+    task_adapter: str | None = None  # stage 1: "folded" into the LoRA, "bundled" in task_adapter/, or None
+    warnings: list[str] = field(default_factory=list)
 
 
 def folder_kind(folder: Path) -> str:
@@ -72,19 +152,19 @@ def allow_patterns(kind: str) -> list[str]:
 
 
 def files_to_upload(folder: Path, kind: str) -> list[str]:
+    """The allowed files at the top of ``folder`` (never anything in a subfolder)."""
     patterns = allow_patterns(kind)
     return sorted(p.name for p in folder.iterdir() if p.is_file() and any(fnmatch(p.name, pat) for pat in patterns))
 
 
-def _card_text(folder: Path, kind: str, repo_id: str) -> tuple[str, bool]:
-    """The folder's README.md, or a generated card (second item True) when it has none."""
+def _read_card(folder: Path) -> Optional[str]:
     readme = folder / "README.md"
-    if readme.is_file():
-        return readme.read_text(encoding="utf-8"), False
-    from flare_cli.export import build_model_card
-
-    card = build_model_card(folder, repo_id=repo_id, relation="adapter" if kind == "adapter" else "merge")
-    return str(card), True
+    if not readme.is_file():
+        return None
+    try:
+        return readme.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{readme} is not UTF-8 text (byte {err.start}); save the model card as UTF-8") from None
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -93,11 +173,47 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
+def _is_peft_template(card: str) -> bool:
+    """peft's save_pretrained writes an empty template card (with the local base path): not a card."""
+    return "# Model Card for Model ID" in card and "<!-- Provide a quick summary" in card
 
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
-    return env in {"1", "ON", "YES", "TRUE"} or constants.is_offline_mode()
+
+def _stage(cfg: PushConfig, folder: Path, kind: str, staging: Path, result: PushResult) -> dict:
+    """path in repo -> local file, for exactly what the push sends.
+
+    A folder without a README.md of its own gets a card generated from its current state on every
+    push (never written into the folder: a saved copy would go stale when metrics.json changes)."""
+    from flare_cli.export import REPO_PLACEHOLDER, build_model_card
+
+    files = {name: folder / name for name in files_to_upload(folder, kind)}
+    card = original = _read_card(folder)
+    keep_card = card is not None and not _is_peft_template(card)
+    base_model, base_local = None, None
+    if kind == "adapter":
+        from flare_cli.publish import stage_adapter
+
+        staged = stage_adapter(folder, files, staging, base_model=cfg.base_model, task_adapter=cfg.task_adapter,
+                               local_only=cfg.dry_run)
+        files, base_model, base_local = staged.files, staged.base_model, staged.base_local
+        result.warnings += staged.warnings
+        result.task_adapter = staged.task_adapter
+    if not keep_card:
+        view = staging if kind == "adapter" else folder  # the card describes what the repo holds
+        if kind == "adapter" and "metrics.json" in files:
+            shutil.copyfile(files["metrics.json"], staging / "metrics.json")
+        card = str(build_model_card(view, repo_id=cfg.repo_id, base_model=base_model, base_path=base_local,
+                                    relation="adapter" if kind == "adapter" else "merge",
+                                    license=cfg.license, warnings=result.warnings))
+    elif cfg.license:
+        result.warnings.append(f"--license is ignored: {folder / 'README.md'} is the card; edit its license line")
+    if REPO_PLACEHOLDER in card:  # a card `flare merge` wrote before the repo id was known
+        card = card.replace(REPO_PLACEHOLDER, cfg.repo_id)
+    result.card = card
+    result.card_generated = not keep_card
+    if card != original:
+        _write_atomic(staging / "README.md", card)
+        files["README.md"] = staging / "README.md"
+    return dict(sorted(files.items()))
 
 
 def run(cfg: PushConfig) -> PushResult:
@@ -109,49 +225,57 @@ def run(cfg: PushConfig) -> PushResult:
     if cfg.create_pr and cfg.revision not in (None, "main"):
         raise ConfigError("--create-pr opens a pull request against main; drop --revision or --create-pr")
     kind = folder_kind(folder)
-    card, generated = _card_text(folder, kind, cfg.repo_id)
-    files = files_to_upload(folder, kind)
-    if generated:
-        files = sorted(set(files) | {"README.md"})
-    result = PushResult(repo_id=cfg.repo_id, kind=kind, files=files, card=card, dry_run=cfg.dry_run,
+    result = PushResult(repo_id=cfg.repo_id, kind=kind, files=[], card="", dry_run=cfg.dry_run,
                         revision=cfg.revision or "main")
-    if cfg.dry_run:
-        return result
-
-    if _offline():
-        raise HubError("HF_HUB_OFFLINE is set: cannot reach the Hub (unset it, or use --dry-run)")
-    from huggingface_hub import get_token
-
-    token = cfg.token or get_token()
-    if not token:
-        raise HubError("no Hub token: pass --token, set HF_TOKEN or run `hf auth login`")
+    staging = Path(tempfile.mkdtemp(prefix="flare-push-"))
     try:
-        return _push(cfg, folder, result, token, generated)
-    except HubError as err:
-        raise HubError(_scrub(str(err), token)) from None
+        files = _stage(cfg, folder, kind, staging, result)
+        result.files = list(files)
+        if cfg.dry_run:
+            return result
+        if _offline():
+            raise HubError(OFFLINE_MESSAGE)
+        from huggingface_hub import get_token
+
+        raw_token = cfg.token if cfg.token and cfg.token.strip() else get_token()
+        token = (raw_token or "").strip()  # `$(cat token.txt)` ends in a newline: never send (or echo) it
+        if not token:
+            raise HubError("no Hub token: pass --token, set HF_TOKEN or run `hf auth login`")
+        try:
+            return _push(cfg, result, token, files)
+        except HubError as err:
+            raise HubError(_scrub(str(err), raw_token)) from None
+        except Exception as err:  # anything else may quote a header: never let it reach a traceback
+            raise HubError(_scrub(f"push failed ({type(err).__name__}): {_first_line(err)}", raw_token)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _push(cfg: PushConfig, folder: Path, result: PushResult, token: str, generated: bool) -> PushResult:
-    from huggingface_hub import HfApi
+def _push(cfg: PushConfig, result: PushResult, token: str, files: dict) -> PushResult:
+    from huggingface_hub import CommitOperationAdd, HfApi
 
-    # HF_ENDPOINT is read at call time (huggingface_hub reads it once at import).
-    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    api = HfApi(endpoint=_endpoint(), token=token)
     with _hub_errors(api.endpoint, token):
         result.user = api.whoami().get("name")
         repo_url = api.create_repo(cfg.repo_id, private=cfg.private, exist_ok=True)
         result.repo_url = str(repo_url)
+        if cfg.private is not None and bool(api.repo_info(cfg.repo_id).private) != cfg.private:
+            # create_repo leaves an existing repo's visibility alone; --private/--public asked for it
+            api.update_repo_settings(cfg.repo_id, private=cfg.private)
+            result.visibility_changed = "private" if cfg.private else "public"
         if cfg.revision and cfg.revision != "main":
             api.create_branch(cfg.repo_id, branch=cfg.revision, exist_ok=True)
         head_before = api.repo_info(cfg.repo_id, revision=cfg.revision).sha
-    if generated:
-        # The card belongs to the adapter folder too: a later push or `flare eval` finds it there.
-        _write_atomic(folder / "README.md", result.card)
-        result.card_written = True
     with _hub_errors(api.endpoint, token):
-        info = api.upload_folder(
+        if cfg.create_pr:
+            open_pr = _open_pr_with(api, cfg.repo_id, files)
+            if open_pr is not None:  # the same files are already proposed: no second, identical PR
+                result.pr_url, result.commit_oid, result.changed = open_pr
+                return result
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
+        info = api.create_commit(
             repo_id=cfg.repo_id,
-            folder_path=folder,
-            allow_patterns=allow_patterns(result.kind),
+            operations=operations,
             revision=cfg.revision,
             create_pr=cfg.create_pr or None,
             commit_message=cfg.commit_message or f"Upload {result.kind} with flare_cli",
@@ -163,8 +287,45 @@ def _push(cfg: PushConfig, folder: Path, result: PushResult, token: str, generat
     return result
 
 
-def _scrub(text: str, token: str) -> str:
-    return text.replace(token, "***") if token else text
+def _open_pr_with(api, repo_id: str, files: dict) -> Optional[tuple[str, str, bool]]:
+    """(url, head oid, False) of an open pull request whose files already equal ``files``."""
+    for pr in api.get_repo_discussions(repo_id, discussion_type="pull_request"):
+        if pr.status not in ("open", "draft"):
+            continue
+        remote = {f.path: f for f in api.get_paths_info(repo_id, list(files), revision=pr.git_reference)}
+        if all(name in remote and _same_content(path, remote[name]) for name, path in files.items()):
+            return pr.url, api.repo_info(repo_id, revision=pr.git_reference).sha, False
+    return None
+
+
+def _same_content(path: Path, remote) -> bool:
+    if getattr(remote, "lfs", None) is not None:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return remote.lfs.sha256 == digest.hexdigest()
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)  # git's blob id
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return getattr(remote, "blob_id", None) == digest.hexdigest()
+
+
+def _secret_forms(token: Optional[str]) -> list[str]:
+    """The token as it may appear in a message: raw, stripped, escaped, repr, bytes repr, URL-quoted."""
+    if not token:
+        return []
+    forms = set()
+    for value in (token, token.strip()):
+        forms |= {value, repr(value)[1:-1], json.dumps(value)[1:-1], repr(value.encode())[2:-1], quote(value, safe="")}
+    return sorted((f for f in forms if len(f.strip()) >= 4), key=len, reverse=True)
+
+
+def _scrub(text: str, token: Optional[str]) -> str:
+    for form in _secret_forms(token):
+        text = text.replace(form, "***")
+    return text
 
 
 class _hub_errors:
@@ -183,7 +344,7 @@ class _hub_errors:
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
         if isinstance(exc, OfflineModeIsEnabled):
-            message = "HF_HUB_OFFLINE is set: cannot reach the Hub (unset it, or use --dry-run)"
+            message = OFFLINE_MESSAGE
         elif isinstance(exc, HfHubHTTPError) and exc.response is not None:
             status = exc.response.status_code
             if status == 401:

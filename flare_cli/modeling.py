@@ -114,6 +114,9 @@ def load_base_model(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
         )
     if task_adapter:
+        from flare_cli.hub import resolve_adapter
+
+        task_adapter = str(resolve_adapter(task_adapter, what="task adapter"))  # a folder or a Hub repo
         trained_on = adapter_base_name(task_adapter)
         if not same_base(trained_on, name_or_path):
             raise ConfigError(

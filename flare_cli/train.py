@@ -283,6 +283,20 @@ def _mt_revision(cfg: TrainConfig) -> Optional[str]:
     return resolved_revision(cfg.mt_model, cfg.mt_revision)
 
 
+def _data_provenance(data: Optional[str]) -> dict:
+    """Who translated the training data (its `flare translate` sidecar ``<data>.meta.json``), for the card."""
+    path = Path(f"{data}.meta.json") if data else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    keys = {"mt_model": "train_data_mt_model", "revision": "train_data_mt_revision",
+            "src_lang": "train_data_src_lang", "tgt_lang": "train_data_tgt_lang"}
+    return {ours: meta[theirs] for theirs, ours in keys.items() if isinstance(meta, dict) and meta.get(theirs)}
+
+
 def _checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints (state.json is written last), newest first."""
     done = [p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "state.json").is_file()]
@@ -526,7 +540,8 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
         source_norm=cfg.source_norm, mt_model=cfg.mt_model, mt_projection=cfg.mt_projection,
         mt_revision=_mt_revision(cfg) if mt_encoder is not None else None,
         meta={"base_model": cfg.base, "task": cfg.task, "lang": cfg.lang, "task_adapter": cfg.task_adapter,
-              "train_data": cfg.data, "base_fingerprint": base_fingerprint(model),
+              "train_data": cfg.data, "validation_data": cfg.validation_data, **_data_provenance(cfg.data),
+              "base_fingerprint": base_fingerprint(model),
               **(encoder_meta(model, task, cfg.max_length) if family == "encoder" else truncation_meta(cfg.max_length))},
     )
     _check_layers(cfg, model)

@@ -295,15 +295,23 @@ def load_flare_model(
     is_trainable: bool = False,
     adapter_name: str = "default",
     mt_encoder=None,
+    merge_task_adapter: bool = True,
 ) -> "FlareModel":
     """Load an adapter saved by FlareModel.save_pretrained onto ``model`` and restore its fusion.
 
+    ``adapter_dir`` is a folder or a Hub repo ``user/name[@revision]``. A pushed repo carries its
+    stage-1 task adapter (``meta.bundled_task_adapter``): it is merged into ``model`` first, as in
+    training, unless ``merge_task_adapter=False`` (``model`` has it already).
     A FLARE-MT adapter loads its frozen MT encoder from ``mt_model``/``mt_revision`` in
     flare_config.json unless ``mt_encoder`` is given.
     """
     from peft import LoraConfig, PeftModel
     from safetensors import SafetensorError
 
+    if not Path(adapter_dir).exists():
+        from flare_cli.hub import resolve_adapter
+
+        adapter_dir = resolve_adapter(adapter_dir)
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
@@ -320,6 +328,12 @@ def load_flare_model(
             dtype = model.get_input_embeddings().weight.dtype
             mt_encoder = load_mt_encoder(config.mt_model, config.mt_revision, dtype=dtype)
         _check_mt_encoder(config, mt_encoder)
+    bundled = config.meta.get("bundled_task_adapter")
+    if bundled and merge_task_adapter:
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir / bundled)).merge_and_unload()
+        except (OSError, RuntimeError, ValueError, KeyError) as err:
+            raise ModelError(f"{adapter_dir / bundled}: cannot merge the bundled task adapter ({str(err).splitlines()[0]})") from None
     resolve_modules(model, config)
     lora_config = _lora_config_for(config, LoraConfig.from_pretrained(str(adapter_dir)))
     try:
