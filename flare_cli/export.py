@@ -20,8 +20,8 @@ from flare_cli.errors import ConfigError, DataError, MergeError, ModelError
 from flare_cli.fsutil import (
     check_output_dir, give_usual_modes, make_temp_dir, overlaps, remove_tree, stale_temp_dirs,
 )
+from flare_cli.methods import DEFAULT_METHOD, Method, method_of
 
-FLARE_METHODS = frozenset({"flare", "flare-mt"})
 # Tensors only FLARE layers use; plain peft ignores them (the pivot-less model).
 FLARE_TENSOR_MARKER = "lora_flare_"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -95,8 +95,13 @@ def read_flare_config(folder: Path) -> dict:
     return {**(data.get("meta") or {}), **data}
 
 
+def method_of_folder(flare: dict) -> Method:
+    """The method record of an adapter's flare_config.json (plain LoRA without one)."""
+    return method_of(flare.get("method", DEFAULT_METHOD))
+
+
 def is_flare_adapter(folder: Path) -> bool:
-    return read_flare_config(folder).get("method") in FLARE_METHODS
+    return method_of_folder(read_flare_config(folder)).fuses
 
 
 def _check_adapter_folder(folder: Path) -> dict:
@@ -172,11 +177,11 @@ def run(cfg: MergeConfig) -> MergeResult:
     adapter = resolve_adapter(cfg.adapter)  # a folder, or a Hub repo user/name[@revision]
     adapter_config = _check_adapter_folder(adapter)
     flare = read_flare_config(adapter)
-    method = flare.get("method", "lora")
-    is_flare = method in FLARE_METHODS
-    if is_flare and not cfg.drop_pivot:
+    method = flare.get("method", DEFAULT_METHOD)
+    mergeable = method_of_folder(flare).mergeable
+    if not mergeable and not cfg.drop_pivot:
         raise MergeError(_flare_refusal(adapter, flare))
-    if cfg.drop_pivot and not is_flare:
+    if cfg.drop_pivot and mergeable:
         raise ConfigError(f"--drop-pivot is only for FLARE adapters; {adapter} is a plain LoRA adapter ({method})")
 
     out = Path(cfg.output_dir)
@@ -571,7 +576,7 @@ def build_model_card(
     adapter_config = read_json(folder / "adapter_config.json") if (folder / "adapter_config.json").exists() else {}
     flare = read_flare_config(folder)
     metrics = read_metrics(folder)
-    method = flare.get("method", "lora")
+    method = flare.get("method", DEFAULT_METHOD)
     task = flare.get("task")
     lang = flare.get("lang")
     recorded = base_model or flare.get("base_model") or adapter_config.get("base_model_name_or_path") or base_path
@@ -590,7 +595,7 @@ def build_model_card(
         warnings.append(f"--license {license} overrides the derived licence {derived} ({'; '.join(license_lines)})")
     chosen = license or flare.get("license") or derived
 
-    tags = ["flare", "lora", "cross-lingual"] + ([task] if task else []) + ([method] if method != "lora" else [])
+    tags = ["flare", "lora", "cross-lingual"] + ([task] if task else []) + ([method] if method != DEFAULT_METHOD else [])
     if relation == "merge":
         tags.append("merged")
     eval_results = [r for row in metrics for r in _eval_results(row, task, lang)] or None
@@ -667,16 +672,12 @@ def _card_body(
 ) -> str:
     from flare_cli.publish import public_name
 
-    is_flare = method in FLARE_METHODS
+    record = method_of(method)
+    is_flare = record.fuses
     fusion = flare.get("fusion")
     base_code = base or "BASE_MODEL"  # a local base has no Hub id to print
     lines = [f"# {name}", ""]
-    what = {
-        "flare": f"a FLARE adapter (LoRA whose bottleneck fuses the English pivot, fusion `{fusion}`)",
-        "flare-mt": f"a FLARE-MT adapter (fuses the MT encoder's pivot states, fusion `{fusion}`)",
-        "input-fusion": "a LoRA adapter trained with input-level fusion (English and target text in one prompt)",
-        "lora": "a LoRA adapter",
-    }.get(method, f"a `{method}` adapter")
+    what = record.card.format(fusion=fusion)
     task, lang = flare.get("task"), flare.get("lang")
     on = f" for `{task}`" if task else ""
     on += f" in `{lang}`" if lang else ""
@@ -708,7 +709,7 @@ def _card_body(
             "## Warning: this is NOT the trained model",
             "",
             f"The adapter was trained with FLARE ({method}); its LoRA output depends on "
-            + ("the MT encoder's states of the input" if method == "flare-mt" else "the English pivot")
+            + ("the MT encoder's states of the input" if record.reads_mt else "the English pivot")
             + ", which a merged model cannot receive. This model was written with `flare merge --drop-pivot`: "
             "the pivot path is dropped, so it behaves differently from the trained adapter. Evaluate it with "
             "`flare eval` before use; the faithful export is the standalone adapter.",
@@ -762,7 +763,7 @@ def _card_body(
             "`lora_flare_*` tensors and the pivot: that gives the pivot-less model, not the trained one.",
             "",
         ]
-        if method == "flare-mt":
+        if record.reads_mt:
             revision = flare.get("mt_revision")
             lines += [
                 f"FLARE-MT needs its frozen MT encoder, `{flare.get('mt_model')}`"

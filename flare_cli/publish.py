@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flare_cli.errors import ConfigError, DataError, FlareError
+from flare_cli.methods import DEFAULT_METHOD, method_of
 
 BUNDLED_TASK_ADAPTER = "task_adapter"  # the subfolder a FLARE repo carries its stage-1 adapter in
-FUSED_METHODS = ("flare", "flare-mt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _CACHE_SNAPSHOT = re.compile(r"(?:^|/)(models|datasets)--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})(?:/|$)")
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
@@ -132,7 +132,7 @@ def stage_adapter(
     flare_path = folder / "flare_config.json"
     flare = read_json_object(flare_path) if flare_path.is_file() else {}
     meta = dict(flare.get("meta") or {})
-    method = flare.get("method", "lora")
+    method = method_of(flare.get("method", DEFAULT_METHOD))
 
     recorded_base = meta.get("base_model") or flare.get("base_model") or adapter_config.get("base_model_name_or_path")
     hub_base = base_model or hub_id_of(recorded_base)
@@ -162,7 +162,7 @@ def stage_adapter(
                 f"{folder} was trained on top of the task adapter {stage1_ref}, which is not found from here ({err}); "
                 "pass --task-adapter DIR|USER/NAME (the repo must hold stage 1 to be the trained model)"
             ) from None
-        if method in FUSED_METHODS:
+        if method.fuses:  # the pivot pass needs stage 1 apart from the stage-3 LoRA
             sub = staging / BUNDLED_TASK_ADAPTER
             stage1_config = read_json_object(stage1 / "adapter_config.json")
             stage1_config["base_model_name_or_path"] = hub_base
