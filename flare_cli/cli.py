@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
 from flare_cli import __version__
-from flare_cli.errors import FlareError, NotBuiltError
+from flare_cli.errors import FlareError
 
 T = TypeVar("T")
 
@@ -123,10 +123,6 @@ def run_stage(fn: Callable[[], T]) -> T:
         what = f"interrupted ({signal_name})" if signal_name else "interrupted"
         _stderr_console().print(f"[yellow]{what}[/]; partial work is kept and resumable", highlight=False)
         raise typer.Exit(code=code) from None
-
-
-def _not_built(command: str, issue: str) -> None:
-    raise NotBuiltError(f"`flare {command}` is not built yet ({issue}); nothing was done")
 
 
 def _version_callback(value: bool) -> None:

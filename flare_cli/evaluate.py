@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from flare_cli.errors import ConfigError, ModelError
+from flare_cli.errors import ConfigError, ModelError, first_line
 from flare_cli.fsutil import atomic_write_text as write_text_atomic
 from flare_cli.fsutil import check_output_dir
 from flare_cli.methods import BASE_METHOD, DEFAULT_METHOD, method_of
@@ -285,7 +285,7 @@ def _attach_lora(model, adapter_dir: str):
     try:
         return PeftModel.from_pretrained(model, adapter_dir)
     except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: truncated
-        raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({str(err).splitlines()[0]})") from None
+        raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({first_line(err)})") from None
 
 
 def _load_adapter(model, adapter_dir: str, settings: dict, mt_model: Optional[str] = None,

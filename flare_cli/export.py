@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flare_cli import __version__
-from flare_cli.errors import ConfigError, DataError, MergeError, ModelError
+from flare_cli.errors import ConfigError, DataError, MergeError, ModelError, first_line, hub_offline
 from flare_cli.fsutil import (
     check_output_dir, give_usual_modes, make_temp_dir, overlaps, remove_tree, stale_temp_dirs,
 )
@@ -27,7 +27,6 @@ FLARE_TENSOR_MARKER = "lora_flare_"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Task key -> Hub pipeline task used in model-index.
 _HUB_TASK = {"qa": "question-answering", "nli": "text-classification", "sentiment": "text-classification"}
-_NON_COMMERCIAL_MT = ("nllb",)  # NLLB-200 weights are CC-BY-NC-4.0
 
 
 @dataclass
@@ -100,9 +99,6 @@ def method_of_folder(flare: dict) -> Method:
     return method_of(flare.get("method", DEFAULT_METHOD))
 
 
-def is_flare_adapter(folder: Path) -> bool:
-    return method_of_folder(read_flare_config(folder)).fuses
-
 
 def _check_adapter_folder(folder: Path) -> dict:
     if not folder.is_dir():
@@ -136,15 +132,11 @@ def _load_base_config(base: str):
         return AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as err:
         if Path(base).exists():
-            raise ModelError(f"cannot read the base model config in {base}: {_first_line(err)}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else _first_line(err)
+            raise ModelError(f"cannot read the base model config in {base}: {first_line(err)}") from None
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if hub_offline() else first_line(err)
         raise ModelError(f"cannot load base model {base!r} ({why}); pass --base with a local folder") from None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _dtype_of(config) -> "Any":
@@ -305,7 +297,7 @@ def _write_merged(cfg: MergeConfig, merged, adapter: Path, base: str, dtype, out
         try:
             merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)
         except ValueError as err:
-            raise ConfigError(f"bad --max-shard-size {cfg.max_shard_size!r}: {_first_line(err)}") from None
+            raise ConfigError(f"bad --max-shard-size {cfg.max_shard_size!r}: {first_line(err)}") from None
         _copy_tokenizer(adapter, base, tmp)
         card = build_model_card(
             adapter, base_model=base, relation="merge", dropped_pivot=cfg.drop_pivot, merged_dtype=str(dtype)
@@ -336,7 +328,7 @@ def _merge_task_adapter(model, task_adapter: str):
     try:
         return PeftModel.from_pretrained(model, task_adapter).merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
-        raise ModelError(f"cannot merge task adapter {task_adapter}: {_first_line(err)}") from None
+        raise ModelError(f"cannot merge task adapter {task_adapter}: {first_line(err)}") from None
 
 
 def _load_base(base: str, dtype, *, dequantize: bool, flare: dict | None = None):
@@ -355,9 +347,9 @@ def _load_base(base: str, dtype, *, dequantize: bool, flare: dict | None = None)
         if dequantize:
             model = model.dequantize()
     except ImportError as err:  # e.g. bitsandbytes missing for a quantized base
-        raise ModelError(f"cannot load base model {base}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load base model {base}: {first_line(err)}") from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # SafetensorError: a truncated shard
-        raise ModelError(f"cannot load base model {base}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load base model {base}: {first_line(err)}") from None
     return model
 
 
@@ -370,11 +362,11 @@ def _read_lora(adapter: Path):
     try:
         lora_config = LoraConfig.from_pretrained(str(adapter))
     except (TypeError, ValueError) as err:
-        raise DataError(f"{adapter / 'adapter_config.json'}: {_first_line(err)}") from None
+        raise DataError(f"{adapter / 'adapter_config.json'}: {first_line(err)}") from None
     try:
         state = load_file(str(adapter / "adapter_model.safetensors"))
     except (SafetensorError, OSError) as err:
-        raise DataError(f"{adapter / 'adapter_model.safetensors'} is corrupt: {_first_line(err)}") from None
+        raise DataError(f"{adapter / 'adapter_model.safetensors'} is corrupt: {first_line(err)}") from None
     state = {k: v for k, v in state.items() if FLARE_TENSOR_MARKER not in k}
     if not state:
         raise DataError(f"{adapter / 'adapter_model.safetensors'} holds no LoRA tensors")
@@ -393,7 +385,7 @@ def _fold_adapter(model, adapter: Path, lora_config, state: dict):
         peft_model = get_peft_model(model, lora_config)
         result = set_peft_model_state_dict(peft_model, state)
     except (ValueError, RuntimeError, KeyError) as err:
-        raise ModelError(f"adapter {adapter} does not fit its base: {_first_line(err)}") from None
+        raise ModelError(f"adapter {adapter} does not fit its base: {first_line(err)}") from None
     if result.unexpected_keys:
         raise ModelError(
             f"adapter {adapter} does not fit its base: {len(result.unexpected_keys)} unused tensors "
@@ -414,7 +406,7 @@ def _copy_tokenizer(adapter: Path, base: str, dest: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load the tokenizer from {source}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load the tokenizer from {source}: {first_line(err)}") from None
     tokenizer.save_pretrained(dest)
 
 
@@ -521,15 +513,6 @@ def derive_license(sources: list[tuple[str, str, Optional[str]]]) -> tuple[Optio
         return None, []
     top = max(found, key=lambda row: license_rank(row[2]))
     return top[2], [f"{role} `{name}`: `{lid}`" for role, name, lid in found]
-
-
-def uses_non_commercial_mt(flare: dict) -> str | None:
-    """The MT model named in flare_config.json when its licence is non-commercial (NLLB)."""
-    for key in ("mt_model", "translate_model", "train_data_mt_model"):
-        name = flare.get(key)
-        if isinstance(name, str) and license_rank(known_license(name) or "") == 3:
-            return name
-    return None
 
 
 def hub_language(code: Optional[str]) -> Optional[str]:

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Protocol
 
 from flare_cli import __version__
 from flare_cli.config import flare_home
-from flare_cli.errors import ConfigError, DataError, ModelError
+from flare_cli.errors import ConfigError, DataError
 from flare_cli.fsutil import atomic_write_bytes, check_output_dir, check_output_file
 from flare_cli.languages import Language, resolve
 from flare_cli.metrics import reference_scores, reference_texts

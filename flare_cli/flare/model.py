@@ -22,12 +22,12 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
-from flare_cli.errors import ConfigError, ModelError, PivotError
+from flare_cli.errors import ConfigError, ModelError, PivotError, first_line
 from flare_cli.flare.encoder import adapt_lora_config
 from flare_cli.flare.fusion import FUSIONS
 from flare_cli.flare.layer import FlareLinear, layer_index_of
@@ -333,7 +333,7 @@ def load_flare_model(
         try:
             model = PeftModel.from_pretrained(model, str(adapter_dir / bundled)).merge_and_unload()
         except (OSError, RuntimeError, ValueError, KeyError) as err:
-            raise ModelError(f"{adapter_dir / bundled}: cannot merge the bundled task adapter ({str(err).splitlines()[0]})") from None
+            raise ModelError(f"{adapter_dir / bundled}: cannot merge the bundled task adapter ({first_line(err)})") from None
     resolve_modules(model, config)
     lora_config = _lora_config_for(config, LoraConfig.from_pretrained(str(adapter_dir)))
     try:
@@ -345,7 +345,7 @@ def load_flare_model(
                 model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
             )
     except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: truncated file
-        raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
+        raise ModelError(f"{adapter_dir}: cannot load adapter ({first_line(err)})") from None
     _restore_flare_tensors(peft_model, adapter_dir, adapter_name)
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
@@ -683,6 +683,3 @@ class FlareModel(nn.Module):
     def merge_and_unload(self):
         """Fold a plain LoRA adapter into the base; raises MergeError for a fused adapter."""
         return self.peft_model.merge_and_unload()
-
-    def trainable_parameters(self) -> Sequence[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
