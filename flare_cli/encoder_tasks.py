@@ -293,7 +293,7 @@ def evaluate_encoder_rows(
     """``evaluate.evaluate_rows`` for an encoder: predict, then score with the task's own metrics
     (accuracy and macro-F1, or QA exact match and F1), so encoder and decoder runs compare.
     ``answer_translator`` maps translate-test's English answer spans into the target language."""
-    from flare_cli.evaluate import EvalResult
+    from flare_cli.evaluate import score_predictions
 
     if method_of(method).reads_pivot:
         task.require_pivots(rows, source)
@@ -306,17 +306,5 @@ def evaluate_encoder_rows(
         predictions = list(raw)
         for i, text in zip(found, translated):
             predictions[i] = text
-    records = []
-    for row, prediction, text in zip(rows, predictions, raw):
-        record = {"id": row["id"], "prediction": prediction, "raw": text if text is not None else ""}
-        if answer_translator is not None:
-            record["back_translated"] = prediction
-        if score:
-            record["gold"] = task.target(row)
-            record["correct"] = task.is_correct(prediction, row, lang)
-        records.append(record)
-    if score:
-        metrics = task.score(predictions, rows, lang=lang)
-    else:
-        metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in predictions)}
-    return EvalResult(metrics=metrics, predictions=records)
+    return score_predictions(task, rows, predictions, raw, lang=lang, score=score,
+                             back_translated=predictions if answer_translator is not None else None)

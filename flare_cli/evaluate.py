@@ -224,23 +224,33 @@ def evaluate_rows(
                              mt_encoder=model.mt_encoder if record.reads_mt else None, lang=lang)
     raw = generate_from_inputs(model, tokenizer, examples, max_new_tokens=max_new_tokens or default_max_new_tokens(task),
                                batch_size=batch_size, progress=progress)
-    answers = answer_translator(raw) if answer_translator else raw
-    parsed = [task.parse(text) for text in answers]
-    predictions = []
-    for row, prediction, text, answer in zip(rows, parsed, raw, answers):
-        record = {"id": row["id"], "prediction": prediction, "raw": text}
-        if answer_translator:
-            record["back_translated"] = answer
+    answers = answer_translator(raw) if answer_translator else None
+    parsed = [task.parse(text) for text in (answers or raw)]
+    result = score_predictions(task, rows, parsed, raw, back_translated=answers, lang=lang, score=score)
+    result.metrics["truncation"] = truncation_report(max_length, examples)
+    return result
+
+
+def score_predictions(
+    task: Task, rows: Sequence[dict], predictions: Sequence[Optional[str]], raw: Sequence[Optional[str]], *,
+    back_translated: Optional[Sequence[Optional[str]]] = None, lang: str, score: bool = True,
+) -> EvalResult:
+    """One record per row (id, prediction, raw model output, the back-translation when there is one,
+    gold and correctness when scored) and the task's metrics; decoder and encoder eval share it."""
+    records = []
+    for i, (row, prediction, text) in enumerate(zip(rows, predictions, raw)):
+        record = {"id": row["id"], "prediction": prediction, "raw": text if text is not None else ""}
+        if back_translated is not None:
+            record["back_translated"] = back_translated[i]
         if score:
             record["gold"] = task.target(row)
             record["correct"] = task.is_correct(prediction, row, lang)
-        predictions.append(record)
+        records.append(record)
     if score:
-        metrics = task.score(parsed, rows, lang=lang)
+        metrics = task.score(list(predictions), rows, lang=lang)
     else:
-        metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in parsed)}
-    metrics["truncation"] = truncation_report(max_length, examples)
-    return EvalResult(metrics=metrics, predictions=predictions)
+        metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in predictions)}
+    return EvalResult(metrics=metrics, predictions=records)
 
 
 # -- model loading --------------------------------------------------------------------------------
