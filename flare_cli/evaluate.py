@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from flare_cli.adapter_folder import AdapterFolder
 from flare_cli.errors import ConfigError, ModelError, first_line
 from flare_cli.fsutil import atomic_write_text as write_text_atomic
 from flare_cli.fsutil import check_output_dir
-from flare_cli.methods import BASE_METHOD, DEFAULT_METHOD, method_of
+from flare_cli.methods import BASE_METHOD, method_of
 from flare_cli.tasks import Task, get_task
 from flare_cli.tasks.base import PIVOT_PREFIX
 
@@ -254,32 +255,6 @@ def score_predictions(
 
 
 # -- model loading --------------------------------------------------------------------------------
-def _read_json(path: Path) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path}: unreadable JSON ({err.__class__.__name__})") from None
-
-
-def adapter_settings(adapter_dir: str) -> dict:
-    """flare_config.json of an adapter (``{}`` for a plain peft adapter); checks the folder."""
-    folder = Path(adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
-    try:
-        from flare_cli.flare import read_flare_config
-    except ImportError:  # the FLARE package lands separately; the file format is the contract
-        return _read_json(folder / "flare_config.json") or {}
-    return read_flare_config(adapter_dir) or {}
-
-
-def _adapter_base(adapter_dir: str) -> Optional[str]:
-    config = _read_json(Path(adapter_dir) / "adapter_config.json") or {}
-    return config.get("base_model_name_or_path")
-
-
 def _load_base(name_or_path: str, task_adapter: Optional[str], dtype: str, task: Optional[Task] = None):
     """``task`` picks an encoder base's head (classification or span); decoders ignore it."""
     from flare_cli.modeling import load_base_model
@@ -298,17 +273,17 @@ def _attach_lora(model, adapter_dir: str):
         raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({first_line(err)})") from None
 
 
-def _load_adapter(model, adapter_dir: str, settings: dict, mt_model: Optional[str] = None,
-                  has_task_adapter: bool = False):
+def _load_adapter(model, folder: AdapterFolder, mt_model: Optional[str] = None, has_task_adapter: bool = False):
     """``mt_model`` (FLARE-MT only) replaces the recorded MT encoder, e.g. a local copy of it;
     ``has_task_adapter``: ``model`` has a stage-1 adapter merged already."""
-    if method_of(settings.get("method", DEFAULT_METHOD)).fuses:
+    adapter_dir = str(folder.path)
+    if folder.method.fuses:
         try:
             from flare_cli.flare import load_flare_model, load_mt_encoder
         except ImportError:
             raise ModelError("FLARE adapters need flare_cli.flare, which this install lacks") from None
         encoder = None
-        if method_of(settings["method"]).reads_mt and mt_model:
+        if folder.method.reads_mt and mt_model:
             encoder = load_mt_encoder(mt_model, dtype=model.get_input_embeddings().weight.dtype)
         return load_flare_model(model, adapter_dir, mt_encoder=encoder, merge_task_adapter=not has_task_adapter)
     return _attach_lora(model, adapter_dir)
@@ -323,13 +298,13 @@ class _Resolved:
     base: str
     source: str
     task_adapter: Optional[str] = None
+    folder: Optional[AdapterFolder] = None  # the --adapter folder
 
 
 def _resolve(cfg: EvalConfig) -> _Resolved:
-    settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
-    # Provenance keys sit at the top level (architecture.md) or under "meta" (FlareConfig.to_dict).
-    settings = {**settings.get("meta", {}), **settings}
-    method = cfg.method or settings.get("method") or (DEFAULT_METHOD if cfg.adapter else BASE_METHOD)
+    folder = AdapterFolder.read(cfg.adapter) if cfg.adapter else None
+    settings = folder.settings if folder else {}
+    method = cfg.method or (folder.method_name if folder else BASE_METHOD)
     record = method_of(method)
     if not record.needs_adapter and cfg.adapter:
         raise ConfigError(f"--method {method} runs the base (plus --task-adapter), not --adapter")
@@ -343,7 +318,7 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
         raise ConfigError("which task? pass --task (qa, nli, sentiment, custom)")
     if not lang:
         raise ConfigError("which language? pass --lang")
-    base = cfg.base or settings.get("base_model") or (_adapter_base(cfg.adapter) if cfg.adapter else None)
+    base = cfg.base or (folder.base_model if folder else None)
     if not base:
         raise ConfigError("which base model? pass --base")
     task = get_task(task_name, **cfg.task_options)
@@ -351,14 +326,12 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
     # (a pushed FLARE repo carries it; load_flare_model merges that one itself).
     task_adapter = cfg.task_adapter
     if cfg.adapter and not task_adapter and not settings.get("bundled_task_adapter"):
-        from flare_cli.publish import recorded_task_adapter
-
-        task_adapter = recorded_task_adapter(cfg.adapter, settings)
+        task_adapter = folder.task_adapter
     if task_adapter:
         from flare_cli.hub import resolve_adapter
 
         task_adapter = str(resolve_adapter(task_adapter, what="task adapter"))
-    return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "", task_adapter)
+    return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "", task_adapter, folder)
 
 
 def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalConfig) -> Optional[str]:
@@ -370,8 +343,8 @@ def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalC
     columns = [PIVOT_PREFIX + f for f in task.input_fields]
     if all(isinstance(r.get(c), str) and r[c].strip() for r in rows for c in columns):
         return None
-    settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
-    mt_model = cfg.mt_model or settings.get("mt_model") or settings.get("meta", {}).get("mt_model") or DEFAULT_MT_MODEL
+    recorded = resolved.folder.get("mt_model") if resolved.folder else None
+    mt_model = cfg.mt_model or recorded or DEFAULT_MT_MODEL
     translate_pivots(rows, task.input_fields, lang=resolved.lang, mt_model=mt_model,
                      cache_dir=Path(cfg.output_dir) / ".flare_cache", mt_engine=cfg.mt_engine,
                      compute_type=cfg.mt_compute_type)
@@ -444,7 +417,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
         raise ConfigError(f"{resolved.base} has no trained {task.name} head: --method {resolved.method} needs "
                           "--task-adapter (the stage-1 English adapter, which holds the head)")
     if cfg.adapter:
-        model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter), mt_model=cfg.mt_model,
+        model = _load_adapter(model, resolved.folder, mt_model=cfg.mt_model,
                               has_task_adapter=resolved.task_adapter is not None)
     model.eval()
 
@@ -452,8 +425,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     # the prompt budget training used (flare_config.json meta) unless --max-length overrides it
     from flare_cli.encode import recorded_max_length
 
-    max_length = cfg.max_length or (recorded_max_length(adapter_settings(cfg.adapter).get("meta", {}))
-                                    if cfg.adapter else None)
+    max_length = cfg.max_length or (recorded_max_length(resolved.folder.meta) if resolved.folder else None)
     answer_translator, answers_by = _answer_translator(task, resolved, cfg)
     if encoder:  # a classification or span head: argmax, no generation (flare_cli/encoder_tasks.py)
         from flare_cli.encoder_tasks import DEFAULT_MAX_LENGTH, evaluate_encoder_rows

@@ -8,7 +8,6 @@ and then says so in the result and in the card.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,11 +15,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flare_cli import __version__
+from flare_cli.adapter_folder import AdapterFolder
 from flare_cli.errors import ConfigError, DataError, MergeError, ModelError, first_line, hub_offline
 from flare_cli.fsutil import (
     check_output_dir, give_usual_modes, make_temp_dir, overlaps, remove_tree, stale_temp_dirs,
 )
-from flare_cli.methods import DEFAULT_METHOD, Method, method_of
+from flare_cli.methods import DEFAULT_METHOD, method_of
 
 # Tensors only FLARE layers use; plain peft ignores them (the pivot-less model).
 FLARE_TENSOR_MARKER = "lora_flare_"
@@ -71,45 +71,6 @@ class MergeResult:
 
 
 # --------------------------------------------------------------------------- adapter folder
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not valid JSON ({err})") from None
-
-
-def read_flare_config(folder: Path) -> dict:
-    """The adapter's flare_config.json, or {} for a folder without one (plain LoRA)."""
-    path = Path(folder) / "flare_config.json"
-    if not path.exists():
-        return {}
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise DataError(f"{path} must hold a JSON object")
-    # flare train writes provenance (base_model, task, lang, task_adapter) under "meta".
-    return {**(data.get("meta") or {}), **data}
-
-
-def method_of_folder(flare: dict) -> Method:
-    """The method record of an adapter's flare_config.json (plain LoRA without one)."""
-    return method_of(flare.get("method", DEFAULT_METHOD))
-
-
-
-def _check_adapter_folder(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise DataError(f"adapter folder {folder} does not exist")
-    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    if missing:
-        raise DataError(f"{folder} is not a saved adapter: missing {', '.join(missing)}")
-    config = read_json(folder / "adapter_config.json")
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise DataError(f"{folder / 'adapter_config.json'} is not a LoRA adapter config")
-    return config
 
 
 def _flare_refusal(folder: Path, flare: dict) -> str:
@@ -167,10 +128,11 @@ def run(cfg: MergeConfig) -> MergeResult:
     from flare_cli.hub import resolve_adapter
 
     adapter = resolve_adapter(cfg.adapter)  # a folder, or a Hub repo user/name[@revision]
-    adapter_config = _check_adapter_folder(adapter)
-    flare = read_flare_config(adapter)
-    method = flare.get("method", DEFAULT_METHOD)
-    mergeable = method_of_folder(flare).mergeable
+    folder = AdapterFolder.read(adapter, require_adapter=False)
+    folder.check_weights()
+    adapter_config, flare = folder.lora_config, folder.settings
+    method = folder.method_name
+    mergeable = folder.method.mergeable
     if not mergeable and not cfg.drop_pivot:
         raise MergeError(_flare_refusal(adapter, flare))
     if cfg.drop_pivot and mergeable:
@@ -180,9 +142,8 @@ def run(cfg: MergeConfig) -> MergeResult:
     base = cfg.base or adapter_config.get("base_model_name_or_path")
     if not base:
         raise ConfigError(f"{adapter / 'adapter_config.json'} names no base model; pass --base")
-    from flare_cli.publish import recorded_task_adapter
 
-    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or recorded_task_adapter(adapter, flare))
+    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or folder.task_adapter)
     # never write over (or into) what this merge reads
     for option, source in (("--adapter", adapter), ("--base", base), ("--task-adapter", task_adapter)):
         if source and Path(source).exists():
@@ -435,17 +396,6 @@ def _head_kwargs(flare: dict) -> str:
     return f", num_labels={len(labels)}" if _encoder_head(flare) and labels else ""
 
 
-def read_metrics(folder: Path) -> list[dict]:
-    path = Path(folder) / "metrics.json"
-    if not path.exists():
-        return []
-    data = read_json(path)
-    rows = data if isinstance(data, list) else [data]
-    if not all(isinstance(r, dict) and "metric" in r and "value" in r for r in rows):
-        raise DataError(f"{path}: each entry needs 'metric' and 'value'")
-    return rows
-
-
 # Placeholder for the repo id in a card written before anyone knows it (`flare merge`); `flare push`
 # puts the real id in its place.
 REPO_PLACEHOLDER = "YOUR_USER/YOUR_REPO"
@@ -556,10 +506,9 @@ def build_model_card(
     folder = Path(folder)
     if relation not in {"adapter", "merge"}:
         raise ValueError(f"relation must be 'adapter' or 'merge', not {relation!r}")
-    adapter_config = read_json(folder / "adapter_config.json") if (folder / "adapter_config.json").exists() else {}
-    flare = read_flare_config(folder)
-    metrics = read_metrics(folder)
-    method = flare.get("method", DEFAULT_METHOD)
+    adapter = AdapterFolder.read(folder, require_adapter=False)
+    adapter_config, flare, metrics = adapter.lora_config, adapter.settings, adapter.metrics()
+    method = adapter.method_name
     task = flare.get("task")
     lang = flare.get("lang")
     recorded = base_model or flare.get("base_model") or adapter_config.get("base_model_name_or_path") or base_path

@@ -15,7 +15,6 @@ neither a custom-module mapping nor a LoraConfig subclass's extra fields.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import tempfile
@@ -163,14 +162,11 @@ class FlareConfig:
 
 
 def read_flare_config(adapter_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
-    """The raw flare_config.json of an adapter folder, or None if it has none."""
-    path = Path(adapter_dir) / FLARE_CONFIG_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path}: unreadable flare_config.json ({err})") from None
+    """The raw flare_config.json of an adapter folder, or None if it has none
+    (flare_cli.adapter_folder.AdapterFolder reads the whole folder)."""
+    from flare_cli.adapter_folder import AdapterFolder
+
+    return AdapterFolder.read(adapter_dir, require_adapter=False).raw or None
 
 
 def write_json_atomic(path: Union[str, Path], data: Any) -> None:
@@ -312,13 +308,11 @@ def load_flare_model(
         from flare_cli.hub import resolve_adapter
 
         adapter_dir = resolve_adapter(adapter_dir)
+    from flare_cli.adapter_folder import AdapterFolder
+
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
-    raw = read_flare_config(adapter_dir)
-    if raw is None:
-        raise ModelError(f"{adapter_dir}: no {FLARE_CONFIG_NAME}; not an adapter written by flare_cli")
-    config = FlareConfig.from_dict(raw)
+    folder = AdapterFolder.read(adapter_dir)  # the one reader: strict FlareConfig, provenance in meta
+    config = folder.flare_config()
     if config.reads_mt:
         if mt_encoder is None:
             if not config.mt_model:
