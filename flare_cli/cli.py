@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover
 
 from flare_cli import __version__
 from flare_cli.errors import FlareError
+from flare_cli.methods import BASE_METHOD, METHODS
 
 T = TypeVar("T")
 
@@ -396,8 +397,8 @@ def eval_(
     adapter: list[str] = typer.Option([], "--adapter", help="Adapter folder or Hub repo user/name[@revision] (repeatable).", show_default=False),
     compare: bool = typer.Option(False, "--compare", help="Side-by-side table of every adapter/method given."),
     method: list[str] = typer.Option(
-        [], "--method", help="zero-shot | translate-test | lora | input-fusion | flare | flare-mt (repeatable; "
-        "default: the adapter's method, zero-shot without one).", show_default=False
+        [], "--method", help=" | ".join(METHODS) + " (repeatable; "
+        f"default: the adapter's method, {BASE_METHOD} without one).", show_default=False
     ),
     base: str = typer.Option(None, "--base", help="Base model (default: the adapter's)."),
     task_adapter: str = typer.Option(None, "--task-adapter", help="Stage-1 English task LoRA (folder or Hub id) merged into the base."),

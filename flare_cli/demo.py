@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from flare_cli.errors import ConfigError
-from flare_cli.fsutil import check_output_dir
+from flare_cli.fsutil import atomic_write_json, atomic_write_text, check_output_dir
 from flare_cli.methods import method_of
 
 # Methods the demo trains (stage 3) and compares, in table order; the LoRA baseline is merged and
@@ -348,7 +348,7 @@ def _translate(src: Path, cfg, n_rows: Optional[int], reporter: Reporter) -> str
     if n_rows:  # the first n rows, as the printed `head -n` gives
         dst.parent.mkdir(parents=True, exist_ok=True)
         lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:n_rows]
-        Path(cfg.input).write_text("".join(lines), encoding="utf-8")
+        atomic_write_text(cfg.input, "".join(lines))
 
     class Sink:
         total = 0
@@ -422,6 +422,4 @@ def _table_row(method: str, metrics: dict, task: str) -> dict:
 
 
 def _write_summary(path: Path, result: DemoResult) -> None:
-    from flare_cli.flare.model import write_json_atomic
-
-    write_json_atomic(path, asdict(result))
+    atomic_write_json(path, asdict(result), sort_keys=True)

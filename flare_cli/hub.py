@@ -24,6 +24,7 @@ from typing import Optional
 from urllib.parse import quote
 
 from flare_cli.errors import ConfigError, DataError, HubError, first_line, hub_offline
+from flare_cli.fsutil import atomic_write_text
 
 TOKENIZER_FILES = [
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -162,12 +163,6 @@ def _read_card(folder: Path) -> Optional[str]:
         raise DataError(f"{readme} is not UTF-8 text (byte {err.start}); save the model card as UTF-8") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _is_peft_template(card: str) -> bool:
     """peft's save_pretrained writes an empty template card (with the local base path): not a card."""
     return "# Model Card for Model ID" in card and "<!-- Provide a quick summary" in card
@@ -206,7 +201,7 @@ def _stage(cfg: PushConfig, folder: Path, kind: str, staging: Path, result: Push
     result.card = card
     result.card_generated = not keep_card
     if card != original:
-        _write_atomic(staging / "README.md", card)
+        atomic_write_text(staging / "README.md", card)
         files["README.md"] = staging / "README.md"
     return dict(sorted(files.items()))
 
