@@ -182,16 +182,9 @@ def collate_encoder(examples: Sequence[EncoderExample], pad_id: int) -> dict:
     examples carry it, and the right-padded pivot."""
     import torch
 
-    def padded(seqs):
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        return ids, mask
+    from flare_cli.encode import pad
 
-    ids, mask = padded([e.input_ids for e in examples])
+    ids, mask = pad([e.input_ids for e in examples], pad_id)  # right padding: encoders read position 0 (CLS)
     batch = {"input_ids": ids, "attention_mask": mask}
     if examples[0].label is not None:
         batch["labels"] = torch.tensor([e.label for e in examples])
@@ -199,7 +192,7 @@ def collate_encoder(examples: Sequence[EncoderExample], pad_id: int) -> dict:
         batch["start_positions"] = torch.tensor([e.start for e in examples])
         batch["end_positions"] = torch.tensor([e.end for e in examples])
     if examples[0].pivot_ids is not None:
-        batch["pivot_input_ids"], batch["pivot_attention_mask"] = padded([e.pivot_ids for e in examples])
+        batch["pivot_input_ids"], batch["pivot_attention_mask"] = pad([e.pivot_ids for e in examples], pad_id)
     return batch
 
 
