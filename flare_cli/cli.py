@@ -23,7 +23,8 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
 from flare_cli import __version__
-from flare_cli.errors import FlareError, NotBuiltError
+from flare_cli.errors import FlareError
+from flare_cli.methods import BASE_METHOD, METHODS
 
 T = TypeVar("T")
 
@@ -123,10 +124,6 @@ def run_stage(fn: Callable[[], T]) -> T:
         what = f"interrupted ({signal_name})" if signal_name else "interrupted"
         _stderr_console().print(f"[yellow]{what}[/]; partial work is kept and resumable", highlight=False)
         raise typer.Exit(code=code) from None
-
-
-def _not_built(command: str, issue: str) -> None:
-    raise NotBuiltError(f"`flare {command}` is not built yet ({issue}); nothing was done")
 
 
 def _version_callback(value: bool) -> None:
@@ -507,8 +504,8 @@ def eval_(
     adapter: list[str] = typer.Option([], "--adapter", help="Adapter folder or Hub repo user/name[@revision] (repeatable).", show_default=False),
     compare: bool = typer.Option(False, "--compare", help="Side-by-side table of every adapter/method given."),
     method: list[str] = typer.Option(
-        [], "--method", help="zero-shot | translate-test | lora | input-fusion | flare | flare-mt (repeatable; "
-        "default: the adapter's method, zero-shot without one).", show_default=False
+        [], "--method", help=" | ".join(METHODS) + " (repeatable; "
+        f"default: the adapter's method, {BASE_METHOD} without one).", show_default=False
     ),
     base: str = typer.Option(None, "--base", help="Base model (default: the adapter's)."),
     task_adapter: str = typer.Option(None, "--task-adapter", help="Stage-1 English task LoRA (folder or Hub id) merged into the base."),
@@ -541,30 +538,23 @@ def eval_(
 ) -> None:
     """Evaluate adapters and baselines on a task's target-language test set."""
     import json
-    from pathlib import Path
 
     from flare_cli import evaluate
 
-    folders = list(adapter) + list(adapters or [])
-    runs = [(a, m) for a in (folders or [None]) for m in (method or [None])]
     task_options = {}
     if fields:
         task_options["input_fields"] = [f.strip() for f in fields.split(",") if f.strip()]
     if labels:
         task_options["labels"] = [x.strip() for x in labels.split(",") if x.strip()]
-    results = []
-    for adapter_dir, run_method in runs:
-        run_dir = Path(output_dir)
-        if len(runs) > 1:
-            run_dir = run_dir / _run_label(adapter_dir, run_method)
-        cfg = run_stage(lambda: evaluate.EvalConfig(  # the config validates: its errors are one line too
-            task=task, lang=lang, adapter=adapter_dir, base=base, task_adapter=task_adapter, method=run_method,
-            data=data, split=split, output_dir=str(run_dir), batch_size=batch_size, max_new_tokens=max_new_tokens,
-            limit=limit, predict=predict, task_options=task_options, mt_model=mt_model,
-            back_translate_answers=back_translate_answers, qa_metric=qa_metric, data_config=data_config,
-            columns=columns, max_length=max_length, mt_engine=mt_engine, mt_compute_type=mt_compute_type,
-        ))
-        results.append(run_stage(lambda: _eval_with_progress(evaluate, cfg)))
+    configs = run_stage(lambda: evaluate.plan_runs(evaluate.EvalConfig(  # the config validates: one-line errors
+        task=task, lang=lang, base=base, task_adapter=task_adapter,
+        data=data, split=split, output_dir=output_dir, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        limit=limit, predict=predict, task_options=task_options, mt_model=mt_model,
+        back_translate_answers=back_translate_answers, qa_metric=qa_metric, data_config=data_config,
+        columns=columns, max_length=max_length, mt_engine=mt_engine, mt_compute_type=mt_compute_type,
+    ), list(adapter) + list(adapters or []), method))
+    with _EvalProgress() as progress:
+        results = run_stage(lambda: evaluate.run_compare(configs, progress_for=progress.bar))
     metrics = [r.metrics for r in results]
     for m in metrics:
         _warn_truncation(m.get("truncation"), "evaluation")
@@ -576,24 +566,26 @@ def eval_(
         typer.echo(_eval_line(result.metrics, result.output_dir))
 
 
-def _run_label(adapter_dir, method) -> str:
-    from pathlib import Path
+class _EvalProgress:
+    """One transient bar per eval run (on a terminal); ``bar(cfg)`` is a run's progress callback."""
 
-    parts = [Path(adapter_dir).name if adapter_dir else "base"] + ([method] if method else [])
-    return "-".join(parts)
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        console = _stderr_console()
+        self._progress = Progress(
+            TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console, transient=True, disable=not console.is_terminal,
+        )
+        self._progress.start()
+        return self
 
-def _eval_with_progress(evaluate, cfg):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
 
-    label = cfg.adapter or cfg.method or "base"
-    console = _stderr_console()
-    with Progress(
-        TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    ) as progress:
-        bar = progress.add_task(label, total=None)
-        return evaluate.run(cfg, progress=lambda n: progress.advance(bar, n))
+    def bar(self, cfg):
+        task = self._progress.add_task(cfg.adapter or cfg.method or "base", total=None)
+        return lambda n: self._progress.advance(task, n)
 
 
 def _print_eval_table(metrics: list[dict], predict: bool) -> None:
@@ -815,7 +807,7 @@ def _print_demo_table(result) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keys = [k for k in ("exact_match", "f1", "accuracy", "macro_f1") if any(k in row for row in result.rows)]
+    keys = result.score_keys
     table = Table(title=f"flare demo: {result.task} on the toy language {result.lang}", title_justify="left")
     table.add_column("method")
     for key in keys:
@@ -825,11 +817,11 @@ def _print_demo_table(result) -> None:
         table.add_row(row["method"], *(f"{row[k]:.1f}" for k in keys), str(row["n"]))
     console = Console(soft_wrap=True)
     console.print(table)
-    main_key = keys[0]
-    gain = result.score("flare", main_key) - result.score("lora", main_key)
-    console.print(f"FLARE vs translate-train LoRA: {gain:+.1f} {main_key} "
-                  f"({result.seconds:.0f}s; outputs in {result.workdir}, summary in {result.workdir}/summary.json)",
-                  highlight=False)
+    line = result.headline
+    if line:
+        console.print(f"{line['label']}: {line['gain']:+.1f} {line['key']} "
+                      f"({result.seconds:.0f}s; outputs in {result.workdir}, summary in {result.workdir}/summary.json)",
+                      highlight=False)
 
 
 @app.command("env")

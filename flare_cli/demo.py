@@ -16,15 +16,19 @@ import json
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from flare_cli.errors import ConfigError
-from flare_cli.fsutil import check_output_dir
+from flare_cli.fsutil import atomic_write_json, atomic_write_text, check_output_dir
+from flare_cli.methods import method_of
 
-# Methods the demo compares, in table order.
-EVAL_METHODS = ("zero-shot", "translate-test", "lora", "flare")
+# Methods the demo trains (stage 3) and compares, in table order; the LoRA baseline is merged and
+# the FLARE adapter pushed (dry run).
+TRAINED_METHODS = ("lora", "flare")
+EVAL_METHODS = ("zero-shot", "translate-test", *TRAINED_METHODS)
+MERGED_METHOD, PUSHED_METHOD = TRAINED_METHODS
 SCORE_KEYS = {"qa": ("exact_match", "f1"), "nli": ("accuracy",), "sentiment": ("accuracy", "macro_f1")}
 
 
@@ -117,6 +121,9 @@ class DemoResult:
     merged_dir: str
     push_files: list[str]
     seconds: float = 0.0
+    score_keys: list[str] = field(default_factory=list)  # the table's score columns, main one first
+    # FLARE against the translate-train LoRA on the main score: {"label", "method", "baseline", "key", "gain"}
+    headline: dict = field(default_factory=dict)
 
     def score(self, method: str, key: str) -> float:
         return next(row[key] for row in self.rows if row["method"] == method)
@@ -141,6 +148,42 @@ def command(*parts: Any) -> str:
     return shlex.join(str(p) for p in parts if p is not None)
 
 
+def cli_command(name: str, cfg: Any) -> str:
+    """`flare <name>` with one flag per field of the stage config ``cfg`` that differs from its
+    default, so the printed command is the run itself (tests parse it with the real CLI)."""
+    flags: list[str] = []
+    for f in fields(cfg):
+        if not f.repr:
+            continue  # secrets (PushConfig.token) never reach a printed command
+        value = getattr(cfg, f.name)
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = MISSING  # required: always given
+        if value == default or (value is None and default is MISSING):
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{f.name.replace('_', '-')}")
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, ",".join(map(str, value))]
+        else:
+            flags += [flag, str(value)]
+    return command("flare", name, *flags)
+
+
+@dataclass
+class Step:
+    key: str
+    title: str
+    command: str  # the equivalent shell command, built from ``config``
+    run: Callable[[], str]
+    config: Any = None  # the stage config the step runs (None: not a `flare` stage)
+    cli_name: Optional[str] = None  # the `flare` subcommand of ``command``
+
+
 class _Pipeline:
     def __init__(self, cfg: DemoConfig, reporter: Reporter):
         self.cfg = cfg
@@ -148,34 +191,35 @@ class _Pipeline:
         self.reporter = reporter
         self.work = Path(cfg.workdir)
         self.timings: dict[str, float] = {}
-        self.steps: list[tuple[str, str, str, Callable[[], str]]] = []
+        self.steps: list[Step] = []
 
     def add(self, key: str, title: str, cmd: str, fn: Callable[[], str]) -> None:
-        self.steps.append((key, title, cmd, fn))
+        self.steps.append(Step(key, title, cmd, fn))
+
+    def add_stage(self, key: str, title: str, name: str, config: Any, fn: Callable[[], str], prefix: str = "") -> None:
+        """A step that runs ``config`` through a stage; its command is `flare <name>` built from it."""
+        self.steps.append(Step(key, title, prefix + cli_command(name, config), fn, config, name))
 
     def run(self) -> None:
-        for index, (key, title, cmd, fn) in enumerate(self.steps, 1):
-            self.reporter.step(index, len(self.steps), title, cmd)
+        for index, step in enumerate(self.steps, 1):
+            self.reporter.step(index, len(self.steps), step.title, step.command)
             start = time.perf_counter()
-            note = fn() or ""
-            self.timings[key] = round(time.perf_counter() - start, 2)
-            self.reporter.finished(self.timings[key], note)
+            note = step.run() or ""
+            self.timings[step.key] = round(time.perf_counter() - start, 2)
+            self.reporter.finished(self.timings[step.key], note)
 
 
-def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
-    """Run the demo pipeline in ``cfg.workdir``; returns the comparison rows and timings."""
-    from flare_cli import toyworld
+def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipeline, dict[str, Any]]:
+    """The demo's steps (nothing runs yet) and the state they fill (``results``, ``push_files``)."""
+    from flare_cli import evaluate, export, hub, toyworld, train, translate
 
     reporter = reporter or _Silent()
-    _quiet_libraries()
-    started = time.perf_counter()
     pipe = _Pipeline(cfg, reporter)
     recipe, work, task = pipe.recipe, pipe.work, cfg.task
-    work.mkdir(parents=True, exist_ok=True)
     world_root = Path(cfg.world_root) if cfg.world_root else toyworld.default_root(recipe.world_size, 0)
     lang = toyworld.TARGET_LANG
     engine = cfg.engine
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"world_root": world_root, "lang": lang, "results": {}}
 
     def build_world() -> str:
         world = toyworld.build(world_root, seed=0, size=recipe.world_size,
@@ -201,63 +245,64 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
                 "English validation data into qtw" if split == "validation" else
                 "qtw test inputs into English pivots (translate-test)")
         n = rows_of[split]
-        head = f"head -n {n} {shlex.quote(str(src))} | " if n else ""
-        pipe.add(f"translate_{split}", f"Translate the {what}",
-                 head + command("flare", "translate", "--input", "-" if n else src, "--output", dst, "--lang", lang,
-                                "--task", task, "--direction", direction, "--mt-model", mt_dir,
-                                "--num-beams", recipe.num_beams, "--engine", engine),
-                 lambda src=src, dst=dst, direction=direction, n=n: _translate(
-                     src, dst, direction, lang, task, mt_dir, recipe, n, reporter, engine))
+        subset = dst.with_name(f"{src.stem}.first{n}.jsonl") if n else None
+        config = translate.TranslateConfig(
+            input=str(subset or src), output=str(dst), lang=lang, direction=direction, task=task, mt_model=str(mt_dir),
+            num_beams=recipe.num_beams, engine=engine)
+        head = f"head -n {n} {shlex.quote(str(src))} > {shlex.quote(str(subset))} && " if n else ""
+        pipe.add_stage(f"translate_{split}", f"Translate the {what}", "translate", config,
+                       lambda src=src, config=config, n=n: _translate(src, config, n, reporter), prefix=head)
 
     base = str(world_root / "base")
     stage1_dir = work / "stage1-en"
-    stage1 = dict(recipe.stage1, seed=cfg.seed)
-    pipe.add("train_stage1", "Train stage 1: an English task LoRA on the base",
-             command("flare", "train", "--base", base, "--task", task, "--lang", "en",
-                     "--data", files["train"][0], "--validation-data", files["validation"][0],
-                     *_flags(stage1), "-o", stage1_dir),
-             lambda: _train(base, stage1_dir, task, "en", "lora", files["train"][0], files["validation"][0],
-                            None, stage1, reporter))
+    stage1 = train.TrainConfig(base=base, output_dir=str(stage1_dir), task=task, lang="en",
+                               data=str(files["train"][0]), validation_data=str(files["validation"][0]),
+                               **dict(recipe.stage1, seed=cfg.seed))
+    pipe.add_stage("train_stage1", "Train stage 1: an English task LoRA on the base", "train", stage1,
+                   lambda: _train(stage1, reporter))
 
     adapters = {}
-    for method in ("lora", "flare"):
+    for method in TRAINED_METHODS:
         out = work / f"{method}-{lang}"
         adapters[method] = out
-        stage3 = dict(recipe.stage3, seed=cfg.seed)
-        if method == "lora":
-            stage3.pop("fused_modules")
-        title = ("Train stage 3: translate-train LoRA on the machine-translated data" if method == "lora" else
-                 "Train stage 3: FLARE, fusing the English pivot into the LoRA bottleneck")
-        pipe.add(f"train_{method}", title,
-                 command("flare", "train", "--base", base, "--task-adapter", stage1_dir, "--task", task,
-                         "--lang", lang, "--method", method, "--data", files["train"][1],
-                         "--validation-data", files["validation"][1], *_flags(stage3), "-o", out),
-                 lambda method=method, out=out, stage3=stage3: _train(
-                     base, out, task, lang, method, files["train"][1], files["validation"][1], stage1_dir,
-                     stage3, reporter))
+        options = dict(recipe.stage3, seed=cfg.seed)
+        if not method_of(method).fuses:
+            options.pop("fused_modules")
+        config = train.TrainConfig(base=base, output_dir=str(out), task_adapter=str(stage1_dir), task=task, lang=lang,
+                                   method=method, data=str(files["train"][1]),
+                                   validation_data=str(files["validation"][1]), **options)
+        title = ("Train stage 3: FLARE, fusing the English pivot into the LoRA bottleneck" if method_of(method).fuses
+                 else "Train stage 3: translate-train LoRA on the machine-translated data")
+        pipe.add_stage(f"train_{method}", title, "train", config, lambda config=config: _train(config, reporter))
 
     test_file = files["test"][1]
-    results: dict[str, dict] = {}
     for method in EVAL_METHODS:
-        out = work / "eval" / method
         adapter = adapters.get(method)
-        base_args = ("--base", base, "--task-adapter", stage1_dir, "--task", task, "--lang", lang) if not adapter else ()
-        pipe.add(f"eval_{method}", f"Evaluate {method} on the qtw test set",
-                 command("flare", "eval", *(("--adapter", adapter) if adapter else ()), "--method", method,
-                         *base_args, "--data", test_file, "--limit", limit,
-                         *(("--mt-engine", engine) if method == "translate-test" else ()), "-o", out),
-                 lambda method=method, out=out, adapter=adapter: _evaluate(
-                     method, adapter, base, stage1_dir, task, lang, test_file, limit, recipe, out, results, reporter,
-                     engine))
+        config = evaluate.EvalConfig(
+            adapter=str(adapter) if adapter else None, method=method, data=str(test_file), limit=limit,
+            output_dir=str(work / "eval" / method), batch_size=recipe.eval_batch_size,
+            mt_engine=engine if method_of(method).prompt == "pivot" else "transformers",
+            **({} if adapter else {"base": base, "task_adapter": str(stage1_dir), "task": task, "lang": lang}),
+        )
+        pipe.add_stage(f"eval_{method}", f"Evaluate {method} on the qtw test set", "eval", config,
+                       lambda method=method, config=config: _evaluate(method, config, task, state["results"], reporter))
 
-    merged_dir = work / "merged-lora"
-    pipe.add("merge", "Merge the LoRA baseline (with stage 1) into a standalone model",
-             command("flare", "merge", "--adapter", adapters["lora"], "-o", merged_dir, "--overwrite"),
-             lambda: _merge(adapters["lora"], merged_dir))
-    pipe.add("push", "Publish the FLARE adapter (dry run: lists files and the model card, contacts nobody)",
-             command("flare", "push", "--folder", adapters["flare"], "--repo-id", cfg.repo_id, "--dry-run"),
-             lambda: _push(adapters["flare"], cfg.repo_id, state))
+    merged = export.MergeConfig(adapter=adapters[MERGED_METHOD], output_dir=work / "merged-lora", overwrite=True)
+    pipe.add_stage("merge", "Merge the LoRA baseline (with stage 1) into a standalone model", "merge", merged,
+                   lambda: _merge(merged))
+    push = hub.PushConfig(folder=adapters[PUSHED_METHOD], repo_id=cfg.repo_id, dry_run=True)
+    pipe.add_stage("push", "Publish the FLARE adapter (dry run: lists files and the model card, contacts nobody)",
+                   "push", push, lambda: _push(push, state))
+    state["merged_dir"] = merged.output_dir
+    return pipe, state
 
+
+def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
+    """Run the demo pipeline in ``cfg.workdir``; returns the comparison rows and timings."""
+    _quiet_libraries()
+    started = time.perf_counter()
+    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    pipe, state = plan(cfg, reporter)
     from flare_cli.toyworld.pretrain import restored_threads, train_threads
 
     with restored_threads():
@@ -266,13 +311,19 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
         if not os.environ.get("OMP_NUM_THREADS"):  # the user's choice wins
             torch.set_num_threads(train_threads())  # one thread on busy cores: two would spin-wait
         pipe.run()
-    rows = [_table_row(method, results[method], task) for method in EVAL_METHODS]
+    rows = [_table_row(method, state["results"][method], cfg.task) for method in EVAL_METHODS]
+    keys = [k for k in SCORE_KEYS[cfg.task] if any(k in row for row in rows)]
+    score = {row["method"]: row.get(keys[0]) for row in rows} if keys else {}
+    headline = {}
+    if keys and score.get(PUSHED_METHOD) is not None and score.get(MERGED_METHOD) is not None:
+        headline = {"label": "FLARE vs translate-train LoRA", "method": PUSHED_METHOD, "baseline": MERGED_METHOD, "key": keys[0],
+                    "gain": round(score[PUSHED_METHOD] - score[MERGED_METHOD], 4)}
     result = DemoResult(
-        workdir=str(work), world_root=str(world_root), task=task, lang=lang, rows=rows, timings=pipe.timings,
-        merged_dir=str(merged_dir), push_files=state.get("push_files", []),
-        seconds=round(time.perf_counter() - started, 2),
+        workdir=str(pipe.work), world_root=str(state["world_root"]), task=cfg.task, lang=state["lang"], rows=rows,
+        timings=pipe.timings, merged_dir=str(state["merged_dir"]), push_files=state.get("push_files", []),
+        seconds=round(time.perf_counter() - started, 2), score_keys=keys, headline=headline,
     )
-    _write_summary(work / "summary.json", result)
+    _write_summary(pipe.work / "summary.json", result)
     return result
 
 
@@ -288,27 +339,16 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
 
 
-def _flags(options: dict[str, Any]) -> list[str]:
-    """TrainConfig fields as the equivalent `flare train` flags."""
-    flags: list[str] = []
-    for key, value in options.items():
-        flags += [f"--{key.replace('_', '-')}", str(value)]
-    return flags
-
-
-def _translate(src: Path, dst: Path, direction: str, lang: str, task: str, mt_dir: Path, recipe: Recipe,
-               n_rows: Optional[int], reporter: Reporter, engine: str = "transformers") -> str:
+def _translate(src: Path, cfg, n_rows: Optional[int], reporter: Reporter) -> str:
     from flare_cli import translate
 
-    meta = Path(str(dst) + ".meta.json")
-    if dst.is_file() and meta.is_file():
+    dst = Path(cfg.output)
+    if dst.is_file() and Path(str(dst) + ".meta.json").is_file():
         return "reused"
-    if n_rows:  # the first n rows, as `head -n` would give
+    if n_rows:  # the first n rows, as the printed `head -n` gives
         dst.parent.mkdir(parents=True, exist_ok=True)
-        subset = dst.with_name(f"{src.stem}.first{n_rows}.jsonl")
         lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:n_rows]
-        subset.write_text("".join(lines), encoding="utf-8")
-        src = subset
+        atomic_write_text(cfg.input, "".join(lines))
 
     class Sink:
         total = 0
@@ -322,22 +362,13 @@ def _translate(src: Path, dst: Path, direction: str, lang: str, task: str, mt_di
             self.done += segments
             reporter.progress(self.done, self.total, "segments")
 
-    result = translate.run(
-        translate.TranslateConfig(input=str(src), output=str(dst), lang=lang, direction=direction, task=task,
-                                  mt_model=str(mt_dir), num_beams=recipe.num_beams, engine=engine),
-        progress=Sink(),
-    )
+    result = translate.run(cfg, progress=Sink())
     failed = f", {result.projection_failed} answers not projected" if result.projection_failed else ""
     return f"{result.rows_out} rows, {result.translated} segments translated{failed}"
 
 
-def _train(base: str, out: Path, task: str, lang: str, method: str, data: Path, validation: Path,
-           task_adapter: Optional[Path], options: dict[str, Any], reporter: Reporter) -> str:
+def _train(cfg, reporter: Reporter) -> str:
     from flare_cli import train
-
-    cfg = train.TrainConfig(base=base, output_dir=str(out), task=task, lang=lang, method=method, data=str(data),
-                            validation_data=str(validation),
-                            task_adapter=str(task_adapter) if task_adapter else None, **options)
 
     def on_log(record: dict) -> None:
         if "loss" in record:
@@ -350,44 +381,37 @@ def _train(base: str, out: Path, task: str, lang: str, method: str, data: Path, 
     return f"{result.steps} steps, train loss {result.train_loss:.3f}{best}"
 
 
-def _evaluate(method: str, adapter: Optional[Path], base: str, stage1: Path, task: str, lang: str, data: Path,
-              limit: Optional[int], recipe: Recipe, out: Path, results: dict, reporter: Reporter,
-              engine: str = "transformers") -> str:
+def _evaluate(method: str, cfg, task: str, results: dict, reporter: Reporter) -> str:
     from flare_cli import evaluate
 
-    metrics_file = out / "metrics.json"
+    metrics_file = Path(cfg.output_dir) / "metrics.json"
     if metrics_file.is_file():
         results[method] = json.loads(metrics_file.read_text(encoding="utf-8"))
         return "reused"
-    cfg = evaluate.EvalConfig(
-        adapter=str(adapter) if adapter else None, method=method, data=str(data), limit=limit,
-        output_dir=str(out), batch_size=recipe.eval_batch_size, mt_engine=engine,
-        **({} if adapter else {"base": base, "task_adapter": str(stage1), "task": task, "lang": lang}),
-    )
     done = [0]
 
     def progress(n: int) -> None:
         done[0] += n
-        reporter.progress(done[0], limit, "rows")
+        reporter.progress(done[0], cfg.limit, "rows")
 
     metrics = evaluate.run(cfg, progress=progress).metrics
     results[method] = metrics
     return ", ".join(f"{k} {metrics[k]:.1f}" for k in SCORE_KEYS[task] if k in metrics)
 
 
-def _merge(adapter: Path, out: Path) -> str:
+def _merge(cfg) -> str:
     from flare_cli import export
 
-    result = export.run(export.MergeConfig(adapter=adapter, output_dir=out, overwrite=True))
+    result = export.run(cfg)
     return f"{result.dtype}, {sum(f.endswith('.safetensors') for f in result.files)} safetensors file(s)"
 
 
-def _push(adapter: Path, repo_id: str, state: dict) -> str:
+def _push(cfg, state: dict) -> str:
     from flare_cli import hub
 
-    result = hub.run(hub.PushConfig(folder=adapter, repo_id=repo_id, dry_run=True))
+    result = hub.run(cfg)
     state["push_files"] = result.files
-    return f"would upload {len(result.files)} files to {repo_id}: {', '.join(result.files)}"
+    return f"would upload {len(result.files)} files to {cfg.repo_id}: {', '.join(result.files)}"
 
 
 def _table_row(method: str, metrics: dict, task: str) -> dict:
@@ -398,6 +422,4 @@ def _table_row(method: str, metrics: dict, task: str) -> dict:
 
 
 def _write_summary(path: Path, result: DemoResult) -> None:
-    from flare_cli.flare.model import write_json_atomic
-
-    write_json_atomic(path, asdict(result))
+    atomic_write_json(path, asdict(result), sort_keys=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Optional
+from typing import Optional
 
 
 def world_size_from_env() -> int:
@@ -83,9 +83,6 @@ class Dist:
 
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    def unwrap(self, wrapped):
-        return wrapped
-
 
 class AccelerateDist(Dist):
     """N processes launched by torchrun or accelerate launch; accelerate owns the process group."""
@@ -145,9 +142,6 @@ class AccelerateDist(Dist):
 
     def clip_grad_norm_(self, wrapped, params, max_norm: float):
         return self.accelerator.clip_grad_norm_(params, max_norm)
-
-    def unwrap(self, wrapped) -> Any:
-        return self.accelerator.unwrap_model(wrapped)
 
 
 def shard(items: list, rank: int, world_size: int) -> Optional[list]:

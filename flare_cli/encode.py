@@ -14,7 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from flare_cli.methods import method_of
+
 IGNORE = -100
+# One truncation policy for training and eval: a prompt over budget loses its start (BOS kept).
+TRUNCATION_SIDE = "left"
+MT_MAX_LENGTH = 1024  # FLARE-MT without a prompt budget: MT-encoder tokens kept (the language tag and the end)
 
 
 def encode_prompt(tokenizer, text: str, max_length: int) -> list[int]:
@@ -91,7 +96,7 @@ def encode_answer(tokenizer, answer: str, max_answer_length: int = 64) -> list[i
 
 @dataclass
 class Example:
-    input_ids: list[int]
+    input_ids: list[int]  # the prompt's ids, then (training) the answer's
     prompt_len: int
     pivot_ids: Optional[list[int]] = None
     mt_ids: Optional[list[int]] = None
@@ -101,43 +106,102 @@ class Example:
     pivot_truncated: bool = False
 
 
+def method_texts(task, row: dict, method) -> tuple[str, Optional[str]]:
+    """(prompt, English pivot prompt or None) that ``method`` (a name or a methods.Method) reads for ``row``."""
+    method = method_of(method) if isinstance(method, str) else method
+    if method.prompt == "fused":
+        prompt = task.input_fusion_prompt(row)
+    else:
+        prompt = task.prompt(row, pivot=method.prompt == "pivot")
+    pivot = task.prompt(row, pivot=True) if method.side_input == "pivot" else None
+    return prompt, pivot
+
+
+def truncation_meta(max_length: int) -> dict:
+    """What `flare train` records in flare_config.json's meta so `flare eval` cuts prompts the same way."""
+    return {"max_length": max_length, "truncation_side": TRUNCATION_SIDE}
+
+
+def recorded_max_length(meta: dict) -> Optional[int]:
+    """The prompt budget an adapter was trained with (None when not recorded: no cut at eval)."""
+    side = meta.get("truncation_side", TRUNCATION_SIDE)
+    if side != TRUNCATION_SIDE:
+        from flare_cli.errors import ConfigError
+
+        raise ConfigError(f"the adapter was trained with truncation_side {side!r}; this flare_cli cuts {TRUNCATION_SIDE!r}")
+    return meta.get("max_length")
+
+
+def encode_inputs(
+    tokenizer, task, rows: Sequence[dict], method, max_length: Optional[int], *, mt_encoder=None,
+    lang: Optional[str] = None,
+) -> list[Example]:
+    """The model inputs of ``rows`` under ``method``, for training and eval alike: prompt ids (cut to
+    ``max_length`` times the method's prompt_length_factor, BOS kept, the end kept), the English
+    pivot prompt's ids (FLARE, cut to ``max_length``) and the target prompt in MT-encoder ids
+    (FLARE-MT, cut to ``max_length`` or MT_MAX_LENGTH). ``max_length`` None cuts nothing."""
+    method = method_of(method) if isinstance(method, str) else method
+    texts = [method_texts(task, row, method) for row in rows]
+    mt_ids: list = [None] * len(rows)
+    if method.reads_mt:
+        if mt_encoder is None or lang is None:
+            raise ValueError("flare-mt inputs need mt_encoder= and lang=")
+        mt_ids = mt_encoder.encode_texts([prompt for prompt, _ in texts], lang, max_length or MT_MAX_LENGTH)
+    examples = []
+    for row, (prompt, pivot), row_mt_ids in zip(rows, texts, mt_ids):
+        if max_length is None:
+            prompt_ids, truncated, answer_cut = tokenizer(prompt, add_special_tokens=True)["input_ids"], False, False
+        else:
+            limit = max_length * method.prompt_length_factor
+            prompt_ids, truncated, answer_cut = prompt_truncation(tokenizer, task, row, prompt, limit)
+        pivot_ids, pivot_truncated = None, False
+        if pivot is not None:
+            full = tokenizer(pivot, add_special_tokens=True)["input_ids"]
+            pivot_ids = full if max_length is None else truncate_ids(tokenizer, full, max_length)
+            pivot_truncated = len(pivot_ids) < len(full)
+        examples.append(Example(prompt_ids, len(prompt_ids), pivot_ids, row_mt_ids, str(row.get("id")),
+                                truncated, answer_cut, pivot_truncated))
+    return examples
+
+
 def build_examples(
     tokenizer, task, rows: Sequence[dict], method: str, max_length: int, *, mt_encoder=None, lang: Optional[str] = None,
     family: str = "decoder",
 ) -> list[Example]:
-    """``mt_encoder`` (an ``MTEncoder``) and ``lang`` (the target language) are for ``flare-mt``.
+    """Training examples: ``encode_inputs`` plus the answer (labels). ``mt_encoder`` (an
+    ``MTEncoder``) and ``lang`` (the target language) are for ``flare-mt``.
     ``family="encoder"`` builds an encoder's examples instead (flare_cli/encoder_tasks.py)."""
     if family == "encoder":
         from flare_cli.encoder_tasks import build_encoder_examples
 
         return build_encoder_examples(tokenizer, task, rows, method, max_length)
-    mt_ids: list = [None] * len(rows)
-    if method == "flare-mt":
-        if mt_encoder is None or lang is None:
-            raise ValueError("flare-mt examples need mt_encoder= and lang=")
-        mt_ids = mt_encoder.encode_texts([task.prompt(row) for row in rows], lang, max_length)
-    examples = []
-    for row, row_mt_ids in zip(rows, mt_ids):
-        if method == "input-fusion":
-            prompt = task.input_fusion_prompt(row)
-        else:
-            prompt = task.prompt(row)
-        limit = max_length * (2 if method == "input-fusion" else 1)
-        prompt_ids, truncated, answer_cut = prompt_truncation(tokenizer, task, row, prompt, limit)
-        answer_ids = encode_answer(tokenizer, task.target(row))
-        pivot_ids, pivot_truncated = None, False
-        if method == "flare":
-            pivot_prompt = task.prompt(row, pivot=True)
-            pivot_ids = encode_prompt(tokenizer, pivot_prompt, max_length)
-            pivot_truncated = len(pivot_ids) < len(tokenizer(pivot_prompt, add_special_tokens=True)["input_ids"])
-        examples.append(Example(prompt_ids + answer_ids, len(prompt_ids), pivot_ids, row_mt_ids,
-                                str(row.get("id")), truncated, answer_cut, pivot_truncated))
+    examples = encode_inputs(tokenizer, task, rows, method, max_length, mt_encoder=mt_encoder, lang=lang)
+    for row, example in zip(rows, examples):
+        example.input_ids = example.input_ids + encode_answer(tokenizer, task.target(row))
     return examples
 
 
-def collate(examples: Sequence[Example], pad_id: int):
-    """Right-padded target (ids, mask, labels on answers only, prompt mask), pivot and MT tensors.
-    Encoder examples get their own batch (labels or start/end positions; no prompt mask)."""
+def pad(rows: Sequence[Sequence[int]], pad_value: int, side: str = "right"):
+    """(ids, mask) of ``rows`` padded with ``pad_value`` on ``side`` (right for training, left for
+    generation, which continues from the last column)."""
+    import torch
+
+    if side not in ("right", "left"):
+        raise ValueError(f"padding side must be 'right' or 'left', not {side!r}")
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad_value, dtype=torch.long)
+    mask = torch.zeros(len(rows), L, dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(L - len(r), L) if side == "left" else slice(0, len(r))
+        ids[i, span] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def collate(examples: Sequence[Example], pad_id: int, padding_side: str = "right"):
+    """Padded target (ids, mask, labels on answers only, prompt mask), pivot and MT tensors; right
+    padding for training, left for generation. Encoder examples get their own batch (labels or
+    start/end positions; no prompt mask)."""
     import torch
 
     from flare_cli.encoder_tasks import EncoderExample, collate_encoder
@@ -145,34 +209,21 @@ def collate(examples: Sequence[Example], pad_id: int):
     if examples and isinstance(examples[0], EncoderExample):
         return collate_encoder(examples, pad_id)
 
-    L = max(len(e.input_ids) for e in examples)
-    B = len(examples)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, L, dtype=torch.long)
-    labels = torch.full((B, L), IGNORE, dtype=torch.long)
-    prompt = torch.zeros(B, L, dtype=torch.long)
+    ids, mask = pad([e.input_ids for e in examples], pad_id, padding_side)
+    L = ids.shape[1]
+    labels = torch.full_like(ids, IGNORE)
+    prompt = torch.zeros_like(ids)
     for i, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        mask[i, :n] = 1
-        labels[i, e.prompt_len:n] = ids[i, e.prompt_len:n]
-        prompt[i, : e.prompt_len] = 1
+        first = L - n if padding_side == "left" else 0
+        labels[i, first + e.prompt_len : first + n] = ids[i, first + e.prompt_len : first + n]
+        prompt[i, first : first + e.prompt_len] = 1
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "prompt_mask": prompt}
     if examples[0].pivot_ids is not None:
-        Ls = max(len(e.pivot_ids) for e in examples)
-        piv = torch.full((B, Ls), pad_id, dtype=torch.long)
-        pmask = torch.zeros(B, Ls, dtype=torch.long)
-        for i, e in enumerate(examples):
-            piv[i, : len(e.pivot_ids)] = torch.tensor(e.pivot_ids)
-            pmask[i, : len(e.pivot_ids)] = 1
+        piv, pmask = pad([e.pivot_ids for e in examples], pad_id, padding_side)
         batch.update(pivot_input_ids=piv, pivot_attention_mask=pmask)
     if examples[0].mt_ids is not None:
         # padded with 0: the MT encoder puts its own pad id under the mask (M2M100 counts positions from it)
-        Lm = max(len(e.mt_ids) for e in examples)
-        mt = torch.zeros(B, Lm, dtype=torch.long)
-        mmask = torch.zeros(B, Lm, dtype=torch.long)
-        for i, e in enumerate(examples):
-            mt[i, : len(e.mt_ids)] = torch.tensor(e.mt_ids)
-            mmask[i, : len(e.mt_ids)] = 1
+        mt, mmask = pad([e.mt_ids for e in examples], 0, padding_side)
         batch.update(mt_input_ids=mt, mt_attention_mask=mmask)
     return batch

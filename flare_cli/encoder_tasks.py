@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from flare_cli.errors import ConfigError, DataError, ModelError
+from flare_cli.methods import ENCODER_METHODS, TRAIN_METHODS, method_of
 from flare_cli.tasks.base import PIVOT_PREFIX
 
 MAX_ANSWER_TOKENS = 30  # longest span considered at prediction (SQuAD/TyDiQA practice)
 N_BEST = 20  # start and end candidates per window
 DEFAULT_MAX_LENGTH = 128  # the paper's max length; eval uses the adapter's training value when recorded
-ENCODER_METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare")
 
 
 def doc_stride(max_length: int) -> int:
@@ -134,19 +134,21 @@ def build_encoder_examples(
     """Encoder examples for ``method`` (lora, flare, input-fusion; at eval also zero-shot and
     translate-test). With ``training`` they carry gold; QA rows whose answer is not in the
     context are skipped then (DataError if none is left)."""
-    if method == "flare-mt":
-        raise ConfigError("--method flare-mt is for decoder bases; an encoder base takes lora, flare or input-fusion")
+    record = method_of(method)
+    if not record.encoder_bases:
+        takes = ", ".join(m for m in TRAIN_METHODS if m in ENCODER_METHODS)
+        raise ConfigError(f"--method {method} is for decoder bases; an encoder base takes {takes}")
     if not tokenizer.is_fast:
         raise ModelError("an encoder base needs a fast tokenizer (offset mapping, overflowing windows)")
     sep = tokenizer.sep_token or ""
-    length = max_length * (2 if method == "input-fusion" else 1)
+    length = max_length * record.prompt_length_factor
     examples: list[EncoderExample] = []
     skipped = 0
     for index, row in enumerate(rows):
-        if method == "input-fusion":
+        if record.prompt == "fused":
             text, text_pair = fused_pair(task, row, sep)
         else:
-            text, text_pair = pair(task, row, pivot=(method == "translate-test"))
+            text, text_pair = pair(task, row, pivot=record.prompt == "pivot")
         if is_qa(task):
             span = _answer_span(task, row) if training else None
             if training and span is None:
@@ -155,7 +157,7 @@ def build_encoder_examples(
             windows = _qa_windows(tokenizer, text, text_pair, length)
             question_cut = len(tokenizer(text, add_special_tokens=False)["input_ids"]) > length // 2
             pivots = [ids for ids, _ in _qa_windows(tokenizer, *pair(task, row, pivot=True), max_length)] \
-                if method == "flare" else None
+                if record.side_input == "pivot" else None
             for k, (ids, offsets) in enumerate(windows):
                 start, end = _token_span(offsets, span) if span else (None, None)
                 pivot_ids = pivots[min(k, len(pivots) - 1)] if pivots else None
@@ -165,7 +167,7 @@ def build_encoder_examples(
             ids = tokenizer(text, text_pair, truncation=True, max_length=length)["input_ids"]
             truncated = len(tokenizer(text, text_pair)["input_ids"]) > len(ids)
             pivot_ids = None
-            if method == "flare":
+            if record.side_input == "pivot":
                 pivot_ids = tokenizer(*pair(task, row, pivot=True), truncation=True, max_length=max_length)["input_ids"]
             label = task.labels.index(row[task.gold_field]) if training else None
             examples.append(EncoderExample(ids, index, label=label, pivot_ids=pivot_ids, truncated=truncated,
@@ -180,16 +182,9 @@ def collate_encoder(examples: Sequence[EncoderExample], pad_id: int) -> dict:
     examples carry it, and the right-padded pivot."""
     import torch
 
-    def padded(seqs):
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        return ids, mask
+    from flare_cli.encode import pad
 
-    ids, mask = padded([e.input_ids for e in examples])
+    ids, mask = pad([e.input_ids for e in examples], pad_id)  # right padding: encoders read position 0 (CLS)
     batch = {"input_ids": ids, "attention_mask": mask}
     if examples[0].label is not None:
         batch["labels"] = torch.tensor([e.label for e in examples])
@@ -197,7 +192,7 @@ def collate_encoder(examples: Sequence[EncoderExample], pad_id: int) -> dict:
         batch["start_positions"] = torch.tensor([e.start for e in examples])
         batch["end_positions"] = torch.tensor([e.end for e in examples])
     if examples[0].pivot_ids is not None:
-        batch["pivot_input_ids"], batch["pivot_attention_mask"] = padded([e.pivot_ids for e in examples])
+        batch["pivot_input_ids"], batch["pivot_attention_mask"] = pad([e.pivot_ids for e in examples], pad_id)
     return batch
 
 
@@ -240,7 +235,7 @@ def predict(
     pass per batch, fused as in training), else a peft or plain transformers model."""
     import torch
 
-    if method not in ENCODER_METHODS:
+    if not method_of(method).encoder_bases:
         raise ConfigError(f"--method {method} is not available for encoder bases (choose from {', '.join(ENCODER_METHODS)})")
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
@@ -278,7 +273,7 @@ def predict(
     if not qa:
         return [labels.get(i) for i in range(len(rows))]
     # the offsets index the context that was read: the English one for translate-test
-    context = PIVOT_PREFIX + "context" if method == "translate-test" else "context"
+    context = PIVOT_PREFIX + "context" if method_of(method).prompt == "pivot" else "context"
     return [rows[i][context][best[i][1] : best[i][2]] if i in best else None for i in range(len(rows))]
 
 
@@ -291,9 +286,9 @@ def evaluate_encoder_rows(
     """``evaluate.evaluate_rows`` for an encoder: predict, then score with the task's own metrics
     (accuracy and macro-F1, or QA exact match and F1), so encoder and decoder runs compare.
     ``answer_translator`` maps translate-test's English answer spans into the target language."""
-    from flare_cli.evaluate import EvalResult
+    from flare_cli.evaluate import score_predictions
 
-    if method in ("translate-test", "input-fusion", "flare"):
+    if method_of(method).reads_pivot:
         task.require_pivots(rows, source)
     raw = predict(model, tokenizer, task, rows, method=method, max_length=max_length,
                   batch_size=batch_size, progress=progress)
@@ -304,17 +299,5 @@ def evaluate_encoder_rows(
         predictions = list(raw)
         for i, text in zip(found, translated):
             predictions[i] = text
-    records = []
-    for row, prediction, text in zip(rows, predictions, raw):
-        record = {"id": row["id"], "prediction": prediction, "raw": text if text is not None else ""}
-        if answer_translator is not None:
-            record["back_translated"] = prediction
-        if score:
-            record["gold"] = task.target(row)
-            record["correct"] = task.is_correct(prediction, row, lang)
-        records.append(record)
-    if score:
-        metrics = task.score(predictions, rows, lang=lang)
-    else:
-        metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in predictions)}
-    return EvalResult(metrics=metrics, predictions=records)
+    return score_predictions(task, rows, predictions, raw, lang=lang, score=score,
+                             back_translated=predictions if answer_translator is not None else None)

@@ -44,7 +44,21 @@ class HubError(FlareError):
     """Hugging Face Hub failures: auth, offline mode, network."""
 
 
-class NotBuiltError(FlareError):
-    """A subcommand registered ahead of its implementation."""
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (its type name when the message is empty): one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
-    exit_code = 2
+
+def hub_offline() -> bool:
+    """Whether the user switched the Hub off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, or huggingface_hub's own check)."""
+    import os
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    if env in {"1", "ON", "YES", "TRUE"}:
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(constants.is_offline_mode())

@@ -19,19 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from flare_cli.errors import ConfigError, ModelError
+from flare_cli.adapter_folder import AdapterFolder
+from flare_cli.errors import ConfigError, ModelError, first_line
 from flare_cli.fsutil import atomic_write_text as write_text_atomic
 from flare_cli.fsutil import check_output_dir
+from flare_cli.methods import BASE_METHOD, method_of
 from flare_cli.tasks import Task, get_task
+from flare_cli.tasks.base import PIVOT_PREFIX
 
-METHODS = ("zero-shot", "translate-test", "lora", "input-fusion", "flare", "flare-mt")
-# Methods that read the English pivot_* columns.
-PIVOT_METHODS = ("translate-test", "input-fusion", "flare")
-# Methods run on the (stage-1) base alone, without a target-language adapter.
-BASE_ONLY_METHODS = ("zero-shot", "translate-test")
 DEFAULT_MAX_NEW_TOKENS = {"qa": 32}
 DEFAULT_LABEL_MAX_NEW_TOKENS = 8
-MT_MAX_LENGTH = 1024  # FLARE-MT: MT-encoder tokens kept per prompt (the language tag and the end)
 
 
 @dataclass
@@ -82,17 +79,6 @@ class EvalConfig:
 
 
 # -- generation core ----------------------------------------------------------------------------
-def _left_padded(tokenizer, texts: Sequence[str], device, max_length: Optional[int] = None):
-    if max_length is None:
-        batch = tokenizer(list(texts), return_tensors="pt", padding=True)
-    else:  # cut as training does: BOS + the end of the prompt
-        from flare_cli.encode import encode_prompt
-
-        ids = [encode_prompt(tokenizer, text, max_length) for text in texts]
-        batch = tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
-
-
 def _newline_stop(tokenizer, prompt_length: int):
     """A StoppingCriteria that ends a row once its new tokens decode to text with a newline.
 
@@ -129,68 +115,81 @@ def generate_answers(
     With ``pivots`` (one English prompt per target prompt), ``model`` is a FlareModel and gets the
     left-padded pivot batch as ``pivot_input_ids``/``pivot_attention_mask``. With ``mt_lang`` (the
     prompts' language), ``model`` is a FLARE-MT FlareModel and gets the prompts in its MT encoder's
-    tokens, tagged with that language's code, as ``mt_input_ids``/``mt_attention_mask``.
+    tokens, tagged with that language's code, as ``mt_input_ids``/``mt_attention_mask``. Prompts
+    over ``max_length`` are cut as training cuts them (flare_cli/encode.py).
     """
-    import torch
+    from flare_cli.encode import MT_MAX_LENGTH, Example, truncate_ids
 
     if pivots is not None and len(pivots) != len(prompts):
         raise ValueError(f"{len(pivots)} pivots for {len(prompts)} prompts")
+
+    def ids(text: str) -> list[int]:
+        full = tokenizer(text, add_special_tokens=True)["input_ids"]
+        return full if max_length is None else truncate_ids(tokenizer, full, max_length)
+
+    mt_ids: list = [None] * len(prompts)
+    if mt_lang is not None:
+        mt_ids = model.mt_encoder.encode_texts(list(prompts), mt_lang, max_length or MT_MAX_LENGTH)
+    examples = []
+    for i, prompt in enumerate(prompts):
+        prompt_ids = ids(prompt)
+        examples.append(Example(prompt_ids, len(prompt_ids), ids(pivots[i]) if pivots is not None else None, mt_ids[i]))
+    return generate_from_inputs(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                progress=progress)
+
+
+def generate_from_inputs(
+    model,
+    tokenizer,
+    examples: Sequence,
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    progress: Optional[Callable[[int], None]] = None,
+) -> list[str]:
+    """Greedy answers for ``encode.encode_inputs`` examples: batched, left-padded (generation
+    continues from the last column), with the KV cache."""
+    import torch
+
+    from flare_cli.encode import collate
+
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ModelError("the tokenizer has neither a pad nor an EOS token")
-    saved_side, saved_pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the last column
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
+    model_inputs = ("input_ids", "attention_mask", "pivot_input_ids", "pivot_attention_mask", "mt_input_ids",
+                    "mt_attention_mask")
     answers: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            input_ids, attention_mask = _left_padded(tokenizer, prompts[start : start + batch_size], device, max_length)
-            kwargs: dict[str, Any] = {}
-            if pivots is not None:
-                pivot_ids, pivot_mask = _left_padded(tokenizer, pivots[start : start + batch_size], device, max_length)
-                kwargs = {"pivot_input_ids": pivot_ids, "pivot_attention_mask": pivot_mask}
-            elif mt_lang is not None:
-                encoder = model.mt_encoder
-                rows = encoder.encode_texts(prompts[start : start + batch_size], mt_lang, MT_MAX_LENGTH)
-                mt_ids, mt_mask = encoder.pad(rows, side="left", device=device)
-                kwargs = {"mt_input_ids": mt_ids, "mt_attention_mask": mt_mask}
-            with torch.no_grad():
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    stopping_criteria=_newline_stop(tokenizer, input_ids.shape[1]),  # answers are one line
-                    **kwargs,
-                )
-            new_tokens = output[:, input_ids.shape[1] :]
-            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                answers.append(text.split("\n", 1)[0])
-            if progress is not None:
-                progress(input_ids.shape[0])
-    finally:
-        tokenizer.padding_side, tokenizer.pad_token = saved_side, saved_pad
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size], pad_id, padding_side="left")
+        kwargs: dict[str, Any] = {k: batch[k].to(device) for k in model_inputs if k in batch}
+        width = kwargs["input_ids"].shape[1]
+        with torch.no_grad():
+            output = model.generate(
+                **kwargs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=_newline_stop(tokenizer, width),  # answers are one line
+            )
+        for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True):
+            answers.append(text.split("\n", 1)[0])
+        if progress is not None:
+            progress(kwargs["input_ids"].shape[0])
     return answers
 
 
 # -- method inputs and scoring ------------------------------------------------------------------
 def build_inputs(task: Task, rows: Sequence[dict], method: str) -> tuple[list[str], Optional[list[str]]]:
     """(prompts, pivots) for ``method``; pivots only for FLARE (FLARE-MT reads the prompts)."""
-    if method in ("zero-shot", "lora", "flare-mt"):
-        return [task.prompt(r) for r in rows], None
-    if method == "translate-test":
-        return [task.prompt(r, pivot=True) for r in rows], None
-    if method == "input-fusion":
-        return [task.input_fusion_prompt(r) for r in rows], None
-    if method == "flare":
-        return [task.prompt(r) for r in rows], [task.prompt(r, pivot=True) for r in rows]
-    raise ConfigError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    from flare_cli.encode import method_texts
+
+    record = method_of(method)
+    texts = [method_texts(task, row, record) for row in rows]
+    return [prompt for prompt, _ in texts], ([pivot for _, pivot in texts] if record.side_input == "pivot" else None)
 
 
 def default_max_new_tokens(task: Task) -> int:
@@ -217,85 +216,45 @@ def evaluate_rows(
 
     ``answer_translator`` maps the generated (English) answers into the target language before
     parsing: translate-test's back-translation of free-text answers."""
-    if method in PIVOT_METHODS:
+    if method_of(method).reads_pivot:
         task.require_pivots(rows, source)
-    prompts, pivots = build_inputs(task, rows, method)
-    raw = generate_answers(
-        model,
-        tokenizer,
-        prompts,
-        pivots=pivots,
-        mt_lang=lang if method == "flare-mt" else None,
-        max_new_tokens=max_new_tokens or default_max_new_tokens(task),
-        batch_size=batch_size,
-        progress=progress,
-        max_length=max_length,
-    )
-    answers = answer_translator(raw) if answer_translator else raw
-    parsed = [task.parse(text) for text in answers]
-    predictions = []
-    for row, prediction, text, answer in zip(rows, parsed, raw, answers):
-        record = {"id": row["id"], "prediction": prediction, "raw": text}
-        if answer_translator:
-            record["back_translated"] = answer
+    from flare_cli.encode import encode_inputs, truncation_report
+
+    record = method_of(method)
+    examples = encode_inputs(tokenizer, task, rows, record, max_length,
+                             mt_encoder=model.mt_encoder if record.reads_mt else None, lang=lang)
+    raw = generate_from_inputs(model, tokenizer, examples, max_new_tokens=max_new_tokens or default_max_new_tokens(task),
+                               batch_size=batch_size, progress=progress)
+    answers = answer_translator(raw) if answer_translator else None
+    parsed = [task.parse(text) for text in (answers or raw)]
+    result = score_predictions(task, rows, parsed, raw, back_translated=answers, lang=lang, score=score)
+    result.metrics["truncation"] = truncation_report(max_length, examples)
+    return result
+
+
+def score_predictions(
+    task: Task, rows: Sequence[dict], predictions: Sequence[Optional[str]], raw: Sequence[Optional[str]], *,
+    back_translated: Optional[Sequence[Optional[str]]] = None, lang: str, score: bool = True,
+) -> EvalResult:
+    """One record per row (id, prediction, raw model output, the back-translation when there is one,
+    gold and correctness when scored) and the task's metrics; decoder and encoder eval share it."""
+    records = []
+    for i, (row, prediction, text) in enumerate(zip(rows, predictions, raw)):
+        record = {"id": row["id"], "prediction": prediction, "raw": text if text is not None else ""}
+        if back_translated is not None:
+            record["back_translated"] = back_translated[i]
         if score:
             record["gold"] = task.target(row)
             record["correct"] = task.is_correct(prediction, row, lang)
-        predictions.append(record)
+        records.append(record)
     if score:
-        metrics = task.score(parsed, rows, lang=lang)
+        metrics = task.score(list(predictions), rows, lang=lang)
     else:
-        metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in parsed)}
-    metrics["truncation"] = _truncation(tokenizer, task, rows, prompts, pivots, max_length)
-    return EvalResult(metrics=metrics, predictions=predictions)
-
-
-def _truncation(tokenizer, task: Task, rows, prompts, pivots, max_length: Optional[int]) -> dict:
-    """encode.truncation_report of the prompts as generate_answers cut them (nothing without max_length)."""
-    from types import SimpleNamespace
-
-    from flare_cli.encode import encode_prompt, prompt_truncation, truncation_report
-
-    records = []
-    for i, (row, prompt) in enumerate(zip(rows, prompts)):
-        truncated = answer_cut = pivot_truncated = False
-        if max_length is not None:
-            _, truncated, answer_cut = prompt_truncation(tokenizer, task, row, prompt, max_length)
-            if pivots is not None:
-                full = len(tokenizer(pivots[i], add_special_tokens=True)["input_ids"])
-                pivot_truncated = len(encode_prompt(tokenizer, pivots[i], max_length)) < full
-        records.append(SimpleNamespace(row_id=str(row.get("id")), truncated=truncated, answer_cut=answer_cut,
-                                       pivot_truncated=pivot_truncated))
-    return truncation_report(max_length, records)
+        metrics = {"n": len(rows), "n_unparseable": sum(p is None for p in predictions)}
+    return EvalResult(metrics=metrics, predictions=records)
 
 
 # -- model loading --------------------------------------------------------------------------------
-def _read_json(path: Path) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path}: unreadable JSON ({err.__class__.__name__})") from None
-
-
-def adapter_settings(adapter_dir: str) -> dict:
-    """flare_config.json of an adapter (``{}`` for a plain peft adapter); checks the folder."""
-    folder = Path(adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
-    try:
-        from flare_cli.flare import read_flare_config
-    except ImportError:  # the FLARE package lands separately; the file format is the contract
-        return _read_json(folder / "flare_config.json") or {}
-    return read_flare_config(adapter_dir) or {}
-
-
-def _adapter_base(adapter_dir: str) -> Optional[str]:
-    config = _read_json(Path(adapter_dir) / "adapter_config.json") or {}
-    return config.get("base_model_name_or_path")
-
-
 def _load_base(name_or_path: str, task_adapter: Optional[str], dtype: str, task: Optional[Task] = None):
     """``task`` picks an encoder base's head (classification or span); decoders ignore it."""
     from flare_cli.modeling import load_base_model
@@ -311,20 +270,20 @@ def _attach_lora(model, adapter_dir: str):
     try:
         return PeftModel.from_pretrained(model, adapter_dir)
     except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: truncated
-        raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({str(err).splitlines()[0]})") from None
+        raise ModelError(f"{adapter_dir}: cannot load adapter onto this base ({first_line(err)})") from None
 
 
-def _load_adapter(model, adapter_dir: str, settings: dict, mt_model: Optional[str] = None,
-                  has_task_adapter: bool = False):
+def _load_adapter(model, folder: AdapterFolder, mt_model: Optional[str] = None, has_task_adapter: bool = False):
     """``mt_model`` (FLARE-MT only) replaces the recorded MT encoder, e.g. a local copy of it;
     ``has_task_adapter``: ``model`` has a stage-1 adapter merged already."""
-    if settings.get("method") in ("flare", "flare-mt"):
+    adapter_dir = str(folder.path)
+    if folder.method.fuses:
         try:
             from flare_cli.flare import load_flare_model, load_mt_encoder
         except ImportError:
             raise ModelError("FLARE adapters need flare_cli.flare, which this install lacks") from None
         encoder = None
-        if settings.get("method") == "flare-mt" and mt_model:
+        if folder.method.reads_mt and mt_model:
             encoder = load_mt_encoder(mt_model, dtype=model.get_input_embeddings().weight.dtype)
         return load_flare_model(model, adapter_dir, mt_encoder=encoder, merge_task_adapter=not has_task_adapter)
     return _attach_lora(model, adapter_dir)
@@ -339,20 +298,19 @@ class _Resolved:
     base: str
     source: str
     task_adapter: Optional[str] = None
+    folder: Optional[AdapterFolder] = None  # the --adapter folder
 
 
 def _resolve(cfg: EvalConfig) -> _Resolved:
-    settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
-    # Provenance keys sit at the top level (architecture.md) or under "meta" (FlareConfig.to_dict).
-    settings = {**settings.get("meta", {}), **settings}
-    method = cfg.method or settings.get("method") or ("lora" if cfg.adapter else "zero-shot")
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    if method in BASE_ONLY_METHODS and cfg.adapter:
+    folder = AdapterFolder.read(cfg.adapter) if cfg.adapter else None
+    settings = folder.settings if folder else {}
+    method = cfg.method or (folder.method_name if folder else BASE_METHOD)
+    record = method_of(method)
+    if not record.needs_adapter and cfg.adapter:
         raise ConfigError(f"--method {method} runs the base (plus --task-adapter), not --adapter")
-    if method not in BASE_ONLY_METHODS and not cfg.adapter:
+    if record.needs_adapter and not cfg.adapter:
         raise ConfigError(f"--method {method} needs --adapter DIR")
-    if method in ("flare", "flare-mt") and settings.get("method") != method:
+    if record.fuses and settings.get("method") != method:
         raise ConfigError(f"{cfg.adapter}: --method {method} needs an adapter trained with --method {method}")
     task_name = cfg.task or settings.get("task")
     lang = cfg.lang or settings.get("lang")
@@ -360,7 +318,7 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
         raise ConfigError("which task? pass --task (qa, nli, sentiment, custom)")
     if not lang:
         raise ConfigError("which language? pass --lang")
-    base = cfg.base or settings.get("base_model") or (_adapter_base(cfg.adapter) if cfg.adapter else None)
+    base = cfg.base or (folder.base_model if folder else None)
     if not base:
         raise ConfigError("which base model? pass --base")
     task = get_task(task_name, **cfg.task_options)
@@ -368,14 +326,12 @@ def _resolve(cfg: EvalConfig) -> _Resolved:
     # (a pushed FLARE repo carries it; load_flare_model merges that one itself).
     task_adapter = cfg.task_adapter
     if cfg.adapter and not task_adapter and not settings.get("bundled_task_adapter"):
-        from flare_cli.publish import recorded_task_adapter
-
-        task_adapter = recorded_task_adapter(cfg.adapter, settings)
+        task_adapter = folder.task_adapter
     if task_adapter:
         from flare_cli.hub import resolve_adapter
 
         task_adapter = str(resolve_adapter(task_adapter, what="task adapter"))
-    return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "", task_adapter)
+    return _Resolved(task, lang, method, base, cfg.data or task.hub_id or "", task_adapter, folder)
 
 
 def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalConfig) -> Optional[str]:
@@ -384,11 +340,11 @@ def _ensure_pivots(task: Task, rows: list[dict], resolved: _Resolved, cfg: EvalC
     Returns the MT model used, or None when the data had every pivot."""
     from flare_cli.translate import DEFAULT_MT_MODEL, translate_pivots
 
-    columns = ["pivot_" + f for f in task.input_fields]
+    columns = [PIVOT_PREFIX + f for f in task.input_fields]
     if all(isinstance(r.get(c), str) and r[c].strip() for r in rows for c in columns):
         return None
-    settings = adapter_settings(cfg.adapter) if cfg.adapter else {}
-    mt_model = cfg.mt_model or settings.get("mt_model") or settings.get("meta", {}).get("mt_model") or DEFAULT_MT_MODEL
+    recorded = resolved.folder.get("mt_model") if resolved.folder else None
+    mt_model = cfg.mt_model or recorded or DEFAULT_MT_MODEL
     translate_pivots(rows, task.input_fields, lang=resolved.lang, mt_model=mt_model,
                      cache_dir=Path(cfg.output_dir) / ".flare_cache", mt_engine=cfg.mt_engine,
                      compute_type=cfg.mt_compute_type)
@@ -404,7 +360,7 @@ def _answer_translator(task: Task, resolved: _Resolved, cfg: EvalConfig):
 
     from flare_cli.tasks.base import ClassificationTask
 
-    if resolved.method != "translate-test" or not cfg.back_translate_answers or isinstance(task, ClassificationTask):
+    if method_of(resolved.method).prompt != "pivot" or not cfg.back_translate_answers or isinstance(task, ClassificationTask):
         return None, None
     if resolve(resolved.lang) == resolve("en"):
         return None, None
@@ -447,39 +403,42 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     if cfg.limit:
         rows = rows[: cfg.limit]
     pivots_from = None
-    if resolved.method in PIVOT_METHODS:
+    if method_of(resolved.method).reads_pivot:
         pivots_from = _ensure_pivots(task, rows, resolved, cfg)  # before loading the LLM: fail fast
 
     model, tokenizer = _load_base(resolved.base, resolved.task_adapter, cfg.dtype, task)
     from flare_cli.flare.encoder import is_encoder
 
     encoder = is_encoder(getattr(model, "config", None))
-    if encoder and resolved.method == "flare-mt":
-        raise ConfigError("--method flare-mt is for decoder bases, not encoders")
-    if encoder and resolved.method in BASE_ONLY_METHODS and getattr(model, "flare_head_is_new", False) \
+    if encoder and not method_of(resolved.method).encoder_bases:
+        raise ConfigError(f"--method {resolved.method} is for decoder bases, not encoders")
+    if encoder and not method_of(resolved.method).needs_adapter and getattr(model, "flare_head_is_new", False) \
             and not resolved.task_adapter:
         raise ConfigError(f"{resolved.base} has no trained {task.name} head: --method {resolved.method} needs "
                           "--task-adapter (the stage-1 English adapter, which holds the head)")
     if cfg.adapter:
-        model = _load_adapter(model, cfg.adapter, adapter_settings(cfg.adapter), mt_model=cfg.mt_model,
+        model = _load_adapter(model, resolved.folder, mt_model=cfg.mt_model,
                               has_task_adapter=resolved.task_adapter is not None)
     model.eval()
 
     max_new_tokens = cfg.max_new_tokens or default_max_new_tokens(task)
+    # the prompt budget training used (flare_config.json meta) unless --max-length overrides it
+    from flare_cli.encode import recorded_max_length
+
+    max_length = cfg.max_length or (recorded_max_length(resolved.folder.meta) if resolved.folder else None)
     answer_translator, answers_by = _answer_translator(task, resolved, cfg)
     if encoder:  # a classification or span head: argmax, no generation (flare_cli/encoder_tasks.py)
         from flare_cli.encoder_tasks import DEFAULT_MAX_LENGTH, evaluate_encoder_rows
 
-        meta = (adapter_settings(cfg.adapter).get("meta", {}) if cfg.adapter else {})
         max_new_tokens = None
+        max_length = max_length or DEFAULT_MAX_LENGTH
         evaluate_rows_for = functools.partial(
-            evaluate_encoder_rows, max_length=cfg.max_length or meta.get("max_length") or DEFAULT_MAX_LENGTH,
-            answer_translator=answer_translator,
+            evaluate_encoder_rows, max_length=max_length, answer_translator=answer_translator,
         )
     else:
         evaluate_rows_for = functools.partial(
             evaluate_rows, max_new_tokens=max_new_tokens, answer_translator=answer_translator,
-            max_length=cfg.max_length,
+            max_length=max_length,
         )
     result = evaluate_rows_for(
         model,
@@ -505,7 +464,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "data": resolved.source,
             "split": cfg.split or task.default_split,
             "data_config": cfg.data_config,
-            "max_length": cfg.max_length,
+            "max_length": max_length,
             "max_new_tokens": max_new_tokens,
             "batch_size": cfg.batch_size,
             "limit": cfg.limit,
@@ -513,7 +472,7 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
             "decoding": "argmax" if encoder else "greedy",
             "pivots": f"translated on the fly by {pivots_from}" if pivots_from else "data",
             **({"answers": f"back-translated by {answers_by}"} if answers_by else {}),
-            **({"mt_encoder": model.mt_encoder.model_id} if resolved.method == "flare-mt" else {}),
+            **({"mt_encoder": model.mt_encoder.model_id} if method_of(resolved.method).reads_mt else {}),
         },
     }
     out = Path(cfg.output_dir)
@@ -522,3 +481,31 @@ def run(cfg: EvalConfig, progress: Optional[Callable[[int], None]] = None) -> Ev
     write_text_atomic(out / "predictions.jsonl", lines)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return EvalResult(metrics=metrics, predictions=result.predictions, output_dir=str(out))
+
+
+# -- several runs (flare eval --compare) -------------------------------------------------------------
+def run_label(adapter_dir: Optional[str], method: Optional[str]) -> str:
+    """The sub-folder of one run among several: the adapter folder's name (or ``base``) and the method."""
+    parts = [Path(adapter_dir).name if adapter_dir else "base"] + ([method] if method else [])
+    return "-".join(parts)
+
+
+def plan_runs(cfg: EvalConfig, adapters: Sequence[Optional[str]], methods: Sequence[Optional[str]]) -> list[EvalConfig]:
+    """One EvalConfig per (adapter, method) pair, ``cfg`` for the rest; with several runs each writes
+    into its own sub-folder of ``cfg.output_dir``. No adapters means the base; no methods, each
+    adapter's own."""
+    import dataclasses
+
+    pairs = [(a, m) for a in (list(adapters) or [None]) for m in (list(methods) or [None])]
+    return [
+        dataclasses.replace(cfg, adapter=a, method=m,
+                            output_dir=str(Path(cfg.output_dir) / run_label(a, m)) if len(pairs) > 1 else cfg.output_dir)
+        for a, m in pairs
+    ]
+
+
+def run_compare(
+    configs: Sequence[EvalConfig], progress_for: Optional[Callable[[EvalConfig], Optional[Callable[[int], None]]]] = None,
+) -> list[EvalResult]:
+    """Run every config in order (``plan_runs``); ``progress_for(cfg)`` gives each run its progress callback."""
+    return [run(cfg, progress=progress_for(cfg) if progress_for else None) for cfg in configs]

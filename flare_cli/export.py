@@ -8,7 +8,6 @@ and then says so in the result and in the card.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,18 +15,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 from flare_cli import __version__
-from flare_cli.errors import ConfigError, DataError, MergeError, ModelError
+from flare_cli.adapter_folder import AdapterFolder
+from flare_cli.errors import ConfigError, DataError, MergeError, ModelError, first_line, hub_offline
 from flare_cli.fsutil import (
     check_output_dir, give_usual_modes, make_temp_dir, overlaps, remove_tree, stale_temp_dirs,
 )
+from flare_cli.methods import DEFAULT_METHOD, method_of
 
-FLARE_METHODS = frozenset({"flare", "flare-mt"})
 # Tensors only FLARE layers use; plain peft ignores them (the pivot-less model).
 FLARE_TENSOR_MARKER = "lora_flare_"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Task key -> Hub pipeline task used in model-index.
 _HUB_TASK = {"qa": "question-answering", "nli": "text-classification", "sentiment": "text-classification"}
-_NON_COMMERCIAL_MT = ("nllb",)  # NLLB-200 weights are CC-BY-NC-4.0
 
 
 @dataclass
@@ -74,43 +73,6 @@ class MergeResult:
 # --------------------------------------------------------------------------- adapter folder
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not valid JSON ({err})") from None
-
-
-def read_flare_config(folder: Path) -> dict:
-    """The adapter's flare_config.json, or {} for a folder without one (plain LoRA)."""
-    path = Path(folder) / "flare_config.json"
-    if not path.exists():
-        return {}
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise DataError(f"{path} must hold a JSON object")
-    # flare train writes provenance (base_model, task, lang, task_adapter) under "meta".
-    return {**(data.get("meta") or {}), **data}
-
-
-def is_flare_adapter(folder: Path) -> bool:
-    return read_flare_config(folder).get("method") in FLARE_METHODS
-
-
-def _check_adapter_folder(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise DataError(f"adapter folder {folder} does not exist")
-    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    if missing:
-        raise DataError(f"{folder} is not a saved adapter: missing {', '.join(missing)}")
-    config = read_json(folder / "adapter_config.json")
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise DataError(f"{folder / 'adapter_config.json'} is not a LoRA adapter config")
-    return config
-
-
 def _flare_refusal(folder: Path, flare: dict) -> str:
     fusion = flare.get("fusion", "?")
     return (
@@ -131,15 +93,11 @@ def _load_base_config(base: str):
         return AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as err:
         if Path(base).exists():
-            raise ModelError(f"cannot read the base model config in {base}: {_first_line(err)}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else _first_line(err)
+            raise ModelError(f"cannot read the base model config in {base}: {first_line(err)}") from None
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if hub_offline() else first_line(err)
         raise ModelError(f"cannot load base model {base!r} ({why}); pass --base with a local folder") from None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _dtype_of(config) -> "Any":
@@ -170,22 +128,22 @@ def run(cfg: MergeConfig) -> MergeResult:
     from flare_cli.hub import resolve_adapter
 
     adapter = resolve_adapter(cfg.adapter)  # a folder, or a Hub repo user/name[@revision]
-    adapter_config = _check_adapter_folder(adapter)
-    flare = read_flare_config(adapter)
-    method = flare.get("method", "lora")
-    is_flare = method in FLARE_METHODS
-    if is_flare and not cfg.drop_pivot:
+    folder = AdapterFolder.read(adapter, require_adapter=False)
+    folder.check_weights()
+    adapter_config, flare = folder.lora_config, folder.settings
+    method = folder.method_name
+    mergeable = folder.method.mergeable
+    if not mergeable and not cfg.drop_pivot:
         raise MergeError(_flare_refusal(adapter, flare))
-    if cfg.drop_pivot and not is_flare:
+    if cfg.drop_pivot and mergeable:
         raise ConfigError(f"--drop-pivot is only for FLARE adapters; {adapter} is a plain LoRA adapter ({method})")
 
     out = Path(cfg.output_dir)
     base = cfg.base or adapter_config.get("base_model_name_or_path")
     if not base:
         raise ConfigError(f"{adapter / 'adapter_config.json'} names no base model; pass --base")
-    from flare_cli.publish import recorded_task_adapter
 
-    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or recorded_task_adapter(adapter, flare))
+    task_adapter = None if cfg.no_task_adapter else (cfg.task_adapter or folder.task_adapter)
     # never write over (or into) what this merge reads
     for option, source in (("--adapter", adapter), ("--base", base), ("--task-adapter", task_adapter)):
         if source and Path(source).exists():
@@ -300,7 +258,7 @@ def _write_merged(cfg: MergeConfig, merged, adapter: Path, base: str, dtype, out
         try:
             merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)
         except ValueError as err:
-            raise ConfigError(f"bad --max-shard-size {cfg.max_shard_size!r}: {_first_line(err)}") from None
+            raise ConfigError(f"bad --max-shard-size {cfg.max_shard_size!r}: {first_line(err)}") from None
         _copy_tokenizer(adapter, base, tmp)
         card = build_model_card(
             adapter, base_model=base, relation="merge", dropped_pivot=cfg.drop_pivot, merged_dtype=str(dtype)
@@ -331,7 +289,7 @@ def _merge_task_adapter(model, task_adapter: str):
     try:
         return PeftModel.from_pretrained(model, task_adapter).merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
-        raise ModelError(f"cannot merge task adapter {task_adapter}: {_first_line(err)}") from None
+        raise ModelError(f"cannot merge task adapter {task_adapter}: {first_line(err)}") from None
 
 
 def _load_base(base: str, dtype, *, dequantize: bool, flare: dict | None = None):
@@ -350,9 +308,9 @@ def _load_base(base: str, dtype, *, dequantize: bool, flare: dict | None = None)
         if dequantize:
             model = model.dequantize()
     except ImportError as err:  # e.g. bitsandbytes missing for a quantized base
-        raise ModelError(f"cannot load base model {base}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load base model {base}: {first_line(err)}") from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # SafetensorError: a truncated shard
-        raise ModelError(f"cannot load base model {base}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load base model {base}: {first_line(err)}") from None
     return model
 
 
@@ -365,11 +323,11 @@ def _read_lora(adapter: Path):
     try:
         lora_config = LoraConfig.from_pretrained(str(adapter))
     except (TypeError, ValueError) as err:
-        raise DataError(f"{adapter / 'adapter_config.json'}: {_first_line(err)}") from None
+        raise DataError(f"{adapter / 'adapter_config.json'}: {first_line(err)}") from None
     try:
         state = load_file(str(adapter / "adapter_model.safetensors"))
     except (SafetensorError, OSError) as err:
-        raise DataError(f"{adapter / 'adapter_model.safetensors'} is corrupt: {_first_line(err)}") from None
+        raise DataError(f"{adapter / 'adapter_model.safetensors'} is corrupt: {first_line(err)}") from None
     state = {k: v for k, v in state.items() if FLARE_TENSOR_MARKER not in k}
     if not state:
         raise DataError(f"{adapter / 'adapter_model.safetensors'} holds no LoRA tensors")
@@ -388,7 +346,7 @@ def _fold_adapter(model, adapter: Path, lora_config, state: dict):
         peft_model = get_peft_model(model, lora_config)
         result = set_peft_model_state_dict(peft_model, state)
     except (ValueError, RuntimeError, KeyError) as err:
-        raise ModelError(f"adapter {adapter} does not fit its base: {_first_line(err)}") from None
+        raise ModelError(f"adapter {adapter} does not fit its base: {first_line(err)}") from None
     if result.unexpected_keys:
         raise ModelError(
             f"adapter {adapter} does not fit its base: {len(result.unexpected_keys)} unused tensors "
@@ -409,7 +367,7 @@ def _copy_tokenizer(adapter: Path, base: str, dest: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load the tokenizer from {source}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load the tokenizer from {source}: {first_line(err)}") from None
     tokenizer.save_pretrained(dest)
 
 
@@ -440,17 +398,6 @@ def _head_kwargs(flare: dict) -> str:
         return ""
     id2label = dict(enumerate(labels))
     return f", num_labels={len(labels)}, id2label={id2label!r}, label2id={ {v: k for k, v in id2label.items()}!r}"
-
-
-def read_metrics(folder: Path) -> list[dict]:
-    path = Path(folder) / "metrics.json"
-    if not path.exists():
-        return []
-    data = read_json(path)
-    rows = data if isinstance(data, list) else [data]
-    if not all(isinstance(r, dict) and "metric" in r and "value" in r for r in rows):
-        raise DataError(f"{path}: each entry needs 'metric' and 'value'")
-    return rows
 
 
 # Placeholder for the repo id in a card written before anyone knows it (`flare merge`); `flare push`
@@ -522,15 +469,6 @@ def derive_license(sources: list[tuple[str, str, Optional[str]]]) -> tuple[Optio
     return top[2], [f"{role} `{name}`: `{lid}`" for role, name, lid in found]
 
 
-def uses_non_commercial_mt(flare: dict) -> str | None:
-    """The MT model named in flare_config.json when its licence is non-commercial (NLLB)."""
-    for key in ("mt_model", "translate_model", "train_data_mt_model"):
-        name = flare.get(key)
-        if isinstance(name, str) and license_rank(known_license(name) or "") == 3:
-            return name
-    return None
-
-
 def hub_language(code: Optional[str]) -> Optional[str]:
     """The Hub's language code: ISO 639-1 where one exists, else ISO 639-3 (never swh_Latn or sw-KE)."""
     if not code:
@@ -572,10 +510,9 @@ def build_model_card(
     folder = Path(folder)
     if relation not in {"adapter", "merge"}:
         raise ValueError(f"relation must be 'adapter' or 'merge', not {relation!r}")
-    adapter_config = read_json(folder / "adapter_config.json") if (folder / "adapter_config.json").exists() else {}
-    flare = read_flare_config(folder)
-    metrics = read_metrics(folder)
-    method = flare.get("method", "lora")
+    adapter = AdapterFolder.read(folder, require_adapter=False)
+    adapter_config, flare, metrics = adapter.lora_config, adapter.settings, adapter.metrics()
+    method = adapter.method_name
     task = flare.get("task")
     lang = flare.get("lang")
     recorded = base_model or flare.get("base_model") or adapter_config.get("base_model_name_or_path") or base_path
@@ -594,7 +531,7 @@ def build_model_card(
         warnings.append(f"--license {license} overrides the derived licence {derived} ({'; '.join(license_lines)})")
     chosen = license or flare.get("license") or derived
 
-    tags = ["flare", "lora", "cross-lingual"] + ([task] if task else []) + ([method] if method != "lora" else [])
+    tags = ["flare", "lora", "cross-lingual"] + ([task] if task else []) + ([method] if method != DEFAULT_METHOD else [])
     if relation == "merge":
         tags.append("merged")
     eval_results = [r for row in metrics for r in _eval_results(row, task, lang)] or None
@@ -671,16 +608,12 @@ def _card_body(
 ) -> str:
     from flare_cli.publish import public_name
 
-    is_flare = method in FLARE_METHODS
+    record = method_of(method)
+    is_flare = record.fuses
     fusion = flare.get("fusion")
     base_code = base or "BASE_MODEL"  # a local base has no Hub id to print
     lines = [f"# {name}", ""]
-    what = {
-        "flare": f"a FLARE adapter (LoRA whose bottleneck fuses the English pivot, fusion `{fusion}`)",
-        "flare-mt": f"a FLARE-MT adapter (fuses the MT encoder's pivot states, fusion `{fusion}`)",
-        "input-fusion": "a LoRA adapter trained with input-level fusion (English and target text in one prompt)",
-        "lora": "a LoRA adapter",
-    }.get(method, f"a `{method}` adapter")
+    what = record.card.format(fusion=fusion)
     task, lang = flare.get("task"), flare.get("lang")
     on = f" for `{task}`" if task else ""
     on += f" in `{lang}`" if lang else ""
@@ -712,7 +645,7 @@ def _card_body(
             "## Warning: this is NOT the trained model",
             "",
             f"The adapter was trained with FLARE ({method}); its LoRA output depends on "
-            + ("the MT encoder's states of the input" if method == "flare-mt" else "the English pivot")
+            + ("the MT encoder's states of the input" if record.reads_mt else "the English pivot")
             + ", which a merged model cannot receive. This model was written with `flare merge --drop-pivot`: "
             "the pivot path is dropped, so it behaves differently from the trained adapter. Evaluate it with "
             "`flare eval` before use; the faithful export is the standalone adapter.",
@@ -766,7 +699,7 @@ def _card_body(
             "`lora_flare_*` tensors and the pivot: that gives the pivot-less model, not the trained one.",
             "",
         ]
-        if method == "flare-mt":
+        if record.reads_mt:
             revision = flare.get("mt_revision")
             lines += [
                 f"FLARE-MT needs its frozen MT encoder, `{flare.get('mt_model')}`"

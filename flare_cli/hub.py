@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
-from flare_cli.errors import ConfigError, DataError, HubError
+from flare_cli.errors import ConfigError, DataError, HubError, first_line, hub_offline
+from flare_cli.fsutil import atomic_write_text
 
 TOKENIZER_FILES = [
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -48,11 +49,6 @@ def _endpoint() -> Optional[str]:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
-    return env in {"1", "ON", "YES", "TRUE"} or constants.is_offline_mode()
 
 
 def resolve_adapter(ref, *, what: str = "adapter", local_only: bool = False) -> Path:
@@ -78,11 +74,11 @@ def resolve_adapter(ref, *, what: str = "adapter", local_only: bool = False) -> 
     )
 
     repo, revision = match["repo"], match["revision"]
-    offline = local_only or _offline()
+    offline = local_only or hub_offline()
     try:
         return Path(snapshot_download(repo, revision=revision, endpoint=_endpoint(), local_files_only=offline))
     except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if _offline() else ("--dry-run contacts nobody" if local_only else
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else ("--dry-run contacts nobody" if local_only else
                                                             "the Hub is unreachable")
         raise HubError(f"{what} {text} is no local folder and not in the Hugging Face cache, and {why}: "
                        f"download it first (`hf download {repo}`) or pass a local folder") from None
@@ -94,9 +90,9 @@ def resolve_adapter(ref, *, what: str = "adapter", local_only: bool = False) -> 
         raise HubError(f"{what} {text} is no local folder, and no Hub repo of that name is visible "
                        "(private? log in with `hf auth login`)") from None
     except HfHubHTTPError as err:
-        raise HubError(f"cannot download {what} {text}: {_first_line(err)}") from None
+        raise HubError(f"cannot download {what} {text}: {first_line(err)}") from None
     except OSError as err:
-        raise HubError(f"cannot download {what} {text}: {_first_line(err)}") from None
+        raise HubError(f"cannot download {what} {text}: {first_line(err)}") from None
 
 
 # --------------------------------------------------------------------------- push
@@ -167,12 +163,6 @@ def _read_card(folder: Path) -> Optional[str]:
         raise DataError(f"{readme} is not UTF-8 text (byte {err.start}); save the model card as UTF-8") from None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _is_peft_template(card: str) -> bool:
     """peft's save_pretrained writes an empty template card (with the local base path): not a card."""
     return "# Model Card for Model ID" in card and "<!-- Provide a quick summary" in card
@@ -211,7 +201,7 @@ def _stage(cfg: PushConfig, folder: Path, kind: str, staging: Path, result: Push
     result.card = card
     result.card_generated = not keep_card
     if card != original:
-        _write_atomic(staging / "README.md", card)
+        atomic_write_text(staging / "README.md", card)
         files["README.md"] = staging / "README.md"
     return dict(sorted(files.items()))
 
@@ -233,7 +223,7 @@ def run(cfg: PushConfig) -> PushResult:
         result.files = list(files)
         if cfg.dry_run:
             return result
-        if _offline():
+        if hub_offline():
             raise HubError(OFFLINE_MESSAGE)
         from huggingface_hub import get_token
 
@@ -246,7 +236,7 @@ def run(cfg: PushConfig) -> PushResult:
         except HubError as err:
             raise HubError(_scrub(str(err), raw_token)) from None
         except Exception as err:  # anything else may quote a header: never let it reach a traceback
-            raise HubError(_scrub(f"push failed ({type(err).__name__}): {_first_line(err)}", raw_token)) from None
+            raise HubError(_scrub(f"push failed ({type(err).__name__}): {first_line(err)}", raw_token)) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -354,11 +344,11 @@ class _hub_errors:
             elif isinstance(exc, RepositoryNotFoundError):
                 message = f"repository not found on {self.endpoint} (404)"
             else:
-                message = f"the Hub at {self.endpoint} answered {status}: {_first_line(exc)}"
+                message = f"the Hub at {self.endpoint} answered {status}: {first_line(exc)}"
         elif isinstance(exc, OSError) or _is_transport_error(exc):
-            message = f"cannot reach the Hub at {self.endpoint}: {_first_line(exc)}"
+            message = f"cannot reach the Hub at {self.endpoint}: {first_line(exc)}"
         elif isinstance(exc, ValueError):
-            message = f"the Hub refused the upload: {_first_line(exc)}"
+            message = f"the Hub refused the upload: {first_line(exc)}"
         else:
             return False
         raise HubError(_scrub(message, self.token)) from None
@@ -370,6 +360,3 @@ def _is_transport_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] in {"httpx", "httpx2", "requests", "urllib3"}
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

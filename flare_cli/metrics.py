@@ -313,9 +313,11 @@ def reference_scores(
 ) -> dict:
     """{field: mt_scores} of translated rows (``f``, or ``pivot_f`` for ``--direction test``) against
     ``reference_texts``; rows are matched by id, so rows dropped on the way are left out of both."""
+    from flare_cli.tasks.base import PIVOT_PREFIX
+
     scores = {}
     for field, by_id in references.items():
-        column = field if direction == "train" else f"pivot_{field}"
+        column = field if direction == "train" else PIVOT_PREFIX + field
         kept = [r for r in rows if str(r.get("id")) in by_id]
         scores[field] = mt_scores([r[column] for r in kept], [by_id[str(r["id"])] for r in kept],
                                   target_lang=target_lang)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
-from flare_cli.errors import ConfigError, ModelError
+from flare_cli.errors import ConfigError, ModelError, first_line, hub_offline
 
 
 def pick_device() -> str:
@@ -30,12 +29,12 @@ def resolve_dtype(dtype: str, device: str):
 
 
 def _describe_load_failure(name: str, err: Exception) -> str:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    offline = hub_offline()
     if not Path(name).exists() and ("offline" in str(err).lower() or offline or "connect" in str(err).lower()):
         return f"cannot load {name!r}: not a local folder and the Hub is unreachable (offline); download it first or pass a local path"
     if not Path(name).exists():
         return f"cannot load {name!r}: not a local folder, and not found on the Hub ({type(err).__name__})"
-    return f"cannot load {name!r}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    return f"cannot load {name!r}: {first_line(err)}"
 
 
 def adapter_base_name(adapter_dir: str) -> Optional[str]:
@@ -141,5 +140,5 @@ def load_base_model(
         try:
             model = PeftModel.from_pretrained(model, task_adapter).merge_and_unload()
         except Exception as err:
-            raise ModelError(f"cannot merge task adapter {task_adapter}: {str(err).splitlines()[0]}") from None
+            raise ModelError(f"cannot merge task adapter {task_adapter}: {first_line(err)}") from None
     return model, load_tokenizer(name_or_path)

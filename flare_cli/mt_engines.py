@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from flare_cli.config import flare_home
-from flare_cli.errors import ConfigError, ModelError
+from flare_cli.errors import ConfigError, ModelError, first_line
 from flare_cli.languages import Language, resolve
 
 ENGINES = ("transformers", "ctranslate2")
@@ -127,9 +127,6 @@ def mt_lang_code(tokenizer, lang, model_id: str = "MT model") -> str:
     raise ModelError(f"MT model {model_id!r} has no language token for {language.flores} ({language.name})")
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _load_tokenizer(model_id: str, revision: str | None, hint: str = ""):
@@ -138,7 +135,7 @@ def _load_tokenizer(model_id: str, revision: str | None, hint: str = ""):
     try:
         return AutoTokenizer.from_pretrained(model_id, revision=revision)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load the MT tokenizer {model_id!r}: {_first_line(err)}{hint}") from None
+        raise ModelError(f"cannot load the MT tokenizer {model_id!r}: {first_line(err)}{hint}") from None
 
 
 class _TokenizerMixin:
@@ -200,7 +197,7 @@ class HFTranslator(_TokenizerMixin):
             try:
                 model = AutoModelForSeq2SeqLM.from_pretrained(self.model_id, **kwargs)
             except (OSError, ValueError) as err:
-                raise ModelError(f"cannot load the MT model {self.model_id!r}: {_first_line(err)}") from None
+                raise ModelError(f"cannot load the MT model {self.model_id!r}: {first_line(err)}") from None
             if not self.device_map:
                 model = model.to(self._device_name)
             self._model = model.eval()
@@ -303,7 +300,7 @@ class CT2Translator(_TokenizerMixin):
                     compute_type=self.compute_type, intra_threads=self.threads,
                 )
             except (RuntimeError, ValueError) as err:
-                raise ModelError(f"ctranslate2 cannot load {self.model_id!r}: {_first_line(err)}") from None
+                raise ModelError(f"ctranslate2 cannot load {self.model_id!r}: {first_line(err)}") from None
         return self._translator
 
     def translate_batch(
@@ -391,7 +388,7 @@ def converted_model(model_id: str, revision: str | None, identity: str, tokenize
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, (ConfigError, ModelError)):
             raise
-        raise ModelError(f"ctranslate2 could not convert {model_id!r}: {_first_line(err)}") from None
+        raise ModelError(f"ctranslate2 could not convert {model_id!r}: {first_line(err)}") from None
     return target
 
 

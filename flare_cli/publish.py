@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from flare_cli.adapter_folder import AdapterFolder, read_json_object
 from flare_cli.errors import ConfigError, DataError, FlareError
 
 BUNDLED_TASK_ADAPTER = "task_adapter"  # the subfolder a FLARE repo carries its stage-1 adapter in
-FUSED_METHODS = ("flare", "flare-mt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _CACHE_SNAPSHOT = re.compile(r"(?:^|/)(models|datasets)--([^/]+?)--([^/]+)/snapshots/([0-9a-f]{40})(?:/|$)")
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
@@ -67,17 +67,6 @@ def public_name(name: Optional[str]) -> Optional[str]:
     return hub_id_of(name) or Path(str(name).rstrip("/")).name
 
 
-def recorded_task_adapter(folder: Path, settings: dict) -> Optional[str]:
-    """The stage-1 adapter an adapter folder was trained on top of: its bundled copy in a pushed
-    FLARE repo, None when it is folded into the adapter, else the recorded folder or Hub id."""
-    meta = {**(settings.get("meta") or {}), **settings}
-    if meta.get("bundled_task_adapter"):
-        return str(Path(folder) / meta["bundled_task_adapter"])
-    if meta.get("task_adapter_folded"):
-        return None
-    return meta.get("task_adapter")
-
-
 # --------------------------------------------------------------------------- staged upload
 
 
@@ -90,18 +79,6 @@ class StagedAdapter:
     base_local: Optional[str]  # the local base path the adapter was trained on, if any (never published)
     task_adapter: Optional[str]  # how stage 1 travels: "folded", "bundled" or None
     warnings: list[str] = field(default_factory=list)
-
-
-def read_json_object(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path} must hold a JSON object")
-    return data
 
 
 def _write_json(path: Path, data: dict) -> Path:
@@ -128,11 +105,10 @@ def stage_adapter(
 
     files = dict(files)
     warnings: list[str] = []
-    adapter_config = read_json_object(folder / "adapter_config.json")
-    flare_path = folder / "flare_config.json"
-    flare = read_json_object(flare_path) if flare_path.is_file() else {}
+    adapter = AdapterFolder.read(folder)
+    adapter_config, flare = dict(adapter.lora_config), adapter.raw
     meta = dict(flare.get("meta") or {})
-    method = flare.get("method", "lora")
+    method = adapter.method
 
     recorded_base = meta.get("base_model") or flare.get("base_model") or adapter_config.get("base_model_name_or_path")
     hub_base = base_model or hub_id_of(recorded_base)
@@ -162,7 +138,7 @@ def stage_adapter(
                 f"{folder} was trained on top of the task adapter {stage1_ref}, which is not found from here ({err}); "
                 "pass --task-adapter DIR|USER/NAME (the repo must hold stage 1 to be the trained model)"
             ) from None
-        if method in FUSED_METHODS:
+        if method.fuses:  # the pivot pass needs stage 1 apart from the stage-3 LoRA
             sub = staging / BUNDLED_TASK_ADAPTER
             stage1_config = read_json_object(stage1 / "adapter_config.json")
             stage1_config["base_model_name_or_path"] = hub_base

@@ -34,6 +34,7 @@ from flare_cli.errors import ConfigError, DataError, ModelError
 from flare_cli.fsutil import (
     LOCK_NAME, atomic_copy, atomic_write_text, check_output_dir, give_usual_modes, remove_tree, run_lock,
 )
+from flare_cli.methods import DEFAULT_METHOD, ENCODER_METHODS, TRAIN_METHODS, method_of
 
 RESULT_NAME = "train_result.json"
 # Prompt tokens kept per task when --max-length is not given (docs/tasks.md, "Truncation"): QA
@@ -72,7 +73,7 @@ class TrainConfig:
                              panel=OUTPUT, flags=("-o",))
     task: str = option("qa", "Task: qa, nli, sentiment or custom; an encoder base gets its head from it.", DATA)
     lang: str = option("en", "Training data language (ISO 639 / FLORES code).", DATA)
-    method: str = option("lora", "lora | flare | input-fusion | flare-mt.", ADAPTER)
+    method: str = option(DEFAULT_METHOD, f"{' | '.join(TRAIN_METHODS)}.", ADAPTER)
     data: Optional[str] = option(None, "Training data: local JSONL/CSV/parquet or Hub dataset id.", DATA,
                                  default_text="the task's Hub dataset")
     validation_data: Optional[str] = option(None, "Validation data (machine-translated for stage 3).", DATA)
@@ -173,11 +174,10 @@ class TrainConfig:
         if self.resume_from_checkpoint and not (Path(self.resume_from_checkpoint) / "state.json").is_file():
             raise ConfigError(f"--resume-from-checkpoint {self.resume_from_checkpoint}: not a complete checkpoint "
                               "folder (no state.json); give one of <output-dir>/checkpoints/checkpoint-<step>")
-        if self.method not in ("lora", "flare", "input-fusion", "flare-mt"):
-            raise ConfigError(f"unknown method {self.method!r}; choose lora, flare, input-fusion or flare-mt")
-        if self.method == "flare-mt" and not self.mt_model:
+        method = method_of(self.method, choices=TRAIN_METHODS)
+        if method.reads_mt and not self.mt_model:
             raise ConfigError("--method flare-mt needs --mt-model (an NLLB/M2M100 Hub id or local folder)")
-        if self.method != "flare-mt" and (self.mt_model or self.mt_revision):
+        if not method.reads_mt and (self.mt_model or self.mt_revision):
             raise ConfigError("--mt-model/--mt-revision are for --method flare-mt only")
         if self.mt_projection not in ("shared", "per-layer"):
             raise ConfigError(f"--mt-projection must be shared or per-layer, got {self.mt_projection!r}")
@@ -359,7 +359,7 @@ def _load_rows(cfg: TrainConfig, source: Optional[str], split: str, task):
     from flare_cli.tasks.base import parse_columns
 
     rows = task.load(source, cfg.lang, split, config=cfg.data_config, columns=parse_columns(cfg.columns))
-    if cfg.method in ("flare", "input-fusion"):
+    if method_of(cfg.method).reads_pivot:
         task.require_pivots(rows, source or task.hub_id or cfg.task)
     return rows[: cfg.limit] if cfg.limit else rows
 
@@ -650,7 +650,7 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
 def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], None]) -> TrainResult:
     from transformers import get_scheduler
 
-    from flare_cli.encode import build_examples, collate, truncation_report
+    from flare_cli.encode import build_examples, collate, truncation_meta, truncation_report
     from flare_cli.export import base_fingerprint
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.flare.encoder import encoder_meta, family_defaults, model_family
@@ -673,8 +673,9 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     )
     family = model_family(model.config)  # encoders (XLM-R) load with their task head; flare/encoder.py
     defaults = family_defaults(family)
-    if family == "encoder" and cfg.method == "flare-mt":
-        raise ConfigError("--method flare-mt is for decoder bases; an encoder base takes lora, flare or input-fusion")
+    if family == "encoder" and not method_of(cfg.method).encoder_bases:
+        takes = ", ".join(m for m in TRAIN_METHODS if m in ENCODER_METHODS)
+        raise ConfigError(f"--method {cfg.method} is for decoder bases; an encoder base takes {takes}")
     if family == "encoder" and cfg.source_norm:
         raise ConfigError("--source-norm applies a layer's input norm; a post-LN encoder (XLM-R) has none")
     if cfg.load_in_4bit:
@@ -682,9 +683,9 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     targets = cfg.target_modules or defaults["target_modules"]
-    mt_encoder = _load_mt_encoder(cfg, model) if cfg.method == "flare-mt" else None
+    mt_encoder = _load_mt_encoder(cfg, model) if method_of(cfg.method).reads_mt else None
     flare_config = FlareConfig(
-        method=cfg.method, fusion=cfg.fusion if cfg.method in ("flare", "flare-mt") else "none", r=cfg.r,
+        method=cfg.method, fusion=cfg.fusion if method_of(cfg.method).fuses else "none", r=cfg.r,
         lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=targets,
         fused_modules=cfg.fused_modules or defaults["fused_modules"], fused_layers=cfg.fused_layers,
         align=cfg.align or defaults["align"],
@@ -693,7 +694,7 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
         meta={"base_model": cfg.base, "task": cfg.task, "lang": cfg.lang, "task_adapter": cfg.task_adapter,
               "train_data": cfg.data, "validation_data": cfg.validation_data, **_data_provenance(cfg.data),
               "base_fingerprint": base_fingerprint(model),
-              **(encoder_meta(model, task, cfg.max_length) if family == "encoder" else {})},
+              **(encoder_meta(model, task, cfg.max_length) if family == "encoder" else truncation_meta(cfg.max_length))},
     )
     _check_layers(cfg, model)
     try:

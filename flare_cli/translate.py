@@ -27,11 +27,12 @@ from typing import Callable, Iterable, Protocol
 
 from flare_cli import __version__
 from flare_cli.config import flare_home
-from flare_cli.errors import ConfigError, DataError, ModelError
+from flare_cli.errors import ConfigError, DataError
 from flare_cli.fsutil import atomic_write_bytes, check_output_dir, check_output_file
 from flare_cli.languages import Language, resolve
 from flare_cli.metrics import reference_scores, reference_texts
 from flare_cli.mt_cache import TranslationCache, cache_key
+from flare_cli.tasks.base import PIVOT_PREFIX
 # The engines live in mt_engines; HFTranslator and model_revision stay importable from here.
 from flare_cli.mt_engines import HFTranslator, MTEngine, check_engine_options, load_engine, model_revision  # noqa: F401
 
@@ -420,9 +421,9 @@ def _with_pivots(row: dict, translated: dict[str, str], fields: tuple[str, ...],
     for f in fields:
         if direction == "train":
             out[f] = translated[f]
-            out[f"pivot_{f}"] = row[f]
+            out[PIVOT_PREFIX + f] = row[f]
         else:
-            out[f"pivot_{f}"] = translated[f]
+            out[PIVOT_PREFIX + f] = translated[f]
     return out
 
 
@@ -575,7 +576,7 @@ def translate_pivots(
     fields = tuple(fields)
     resolve(lang)
     missing = [(row, f) for row in rows for f in fields
-               if not (isinstance(row.get(f"pivot_{f}"), str) and row[f"pivot_{f}"].strip())]
+               if not (isinstance(row.get(PIVOT_PREFIX + f), str) and row[PIVOT_PREFIX + f].strip())]
     for row, f in missing:
         if not isinstance(row.get(f), str):
             raise DataError(f"row {row.get('id', '?')!s} has no text in column {f!r} to translate into a pivot")
@@ -584,7 +585,7 @@ def translate_pivots(
     texts = [row[f] for row, f in missing]
     out = translate_texts(texts, lang=lang, direction="test", mt_model=mt_model, cache_dir=cache_dir, **options)
     for (row, f), pivot in zip(missing, out):
-        row[f"pivot_{f}"] = pivot
+        row[PIVOT_PREFIX + f] = pivot
     return len(set(texts))
 
 

@@ -11,15 +11,18 @@ from typer.testing import CliRunner
 from flare_cli import __version__
 from flare_cli.cli import app
 
-COMMANDS = ["translate", "train", "eval", "merge", "push", "env"]
+COMMANDS = ["translate", "train", "eval", "merge", "push", "demo", "env"]
 runner = CliRunner()
 
 
 def test_root_help_lists_every_command():
+    import typer
+
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     for command in COMMANDS:
         assert command in result.output
+    assert sorted(typer.main.get_command(app).commands) == sorted(COMMANDS)  # a new command joins the smoke test
 
 
 @pytest.mark.parametrize("command", COMMANDS)

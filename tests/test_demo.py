@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from flare_cli.cli import app
 
 METHODS = ["zero-shot", "translate-test", "lora", "flare"]
+pytestmark = pytest.mark.slow  # the module's demo run takes ~35 s (pytest --durations)
 
 
 @pytest.fixture(scope="module")

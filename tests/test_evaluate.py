@@ -371,6 +371,7 @@ def test_translate_pivots_keeps_given_pivots_and_fills_only_missing_ones(tiny_mt
     assert again == rows  # deterministic, served from the cache
 
 
+@pytest.mark.slow  # > 20 s on a shared CPU (measured with --durations)
 def test_missing_pivots_offline_is_a_one_line_model_error(saved, tmp_path):
     raw = tmp_path / "raw.sw.jsonl"
     raw.write_text("".join(json.dumps(r) + "\n" for r in _without_pivots(QA_ROWS)))

@@ -248,6 +248,7 @@ def test_encoder_of_another_size_is_refused(encoder, tmp_path):
         load_flare_model(tiny_causal_lm("llama"), tmp_path / "adapter")
 
 
+@pytest.mark.slow  # > 20 s on a shared CPU (measured with --durations)
 def test_offline_hub_encoder_is_one_line_error():
     with pytest.raises(ModelError) as info:
         load_mt_encoder("facebook/nllb-200-distilled-600M")

@@ -141,6 +141,7 @@ def test_quantized_base_refused_without_dequantize(world, tmp_path):
     assert f"base model {qbase} is quantized" in err(res) and "--dequantize" in err(res)
 
 
+@pytest.mark.slow  # > 20 s on a shared CPU (measured with --durations)
 def test_offline_hub_base_is_one_line_error(world, tmp_path):
     res = merge("--adapter", world["lora"], "--output-dir", tmp_path / "m", "--base", "nobody/no-such-model")
     assert res.exit_code == 1

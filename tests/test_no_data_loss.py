@@ -176,6 +176,7 @@ def _flare(*args, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
+@pytest.mark.slow  # > 20 s on a shared CPU (measured with --durations)
 def test_sigterm_is_an_interrupt_that_keeps_partial_work(world, tmp_path):
     out = tmp_path / "run"
     argv = train_argv(world, out, "--max-steps", "200", "--save-steps", "1")

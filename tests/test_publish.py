@@ -285,7 +285,7 @@ def test_license_override_warns(world, hub, tmp_path):
     assert NLLB in res.stderr
 
 
-@pytest.mark.parametrize("method", ["lora", "flare"])
+@pytest.mark.parametrize("method", ["lora", pytest.param("flare", marks=pytest.mark.slow)])  # flare: ~50 s
 def test_card_python_snippet_run_as_written_gives_the_trained_model(world, hub, method):
     """The base is on the (local) Hub too, so the card's snippet runs verbatim: downloads, loads."""
     import re

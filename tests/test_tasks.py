@@ -98,6 +98,7 @@ def test_empty_field_and_corrupt_and_missing_files(tmp_path):
         get_task("nli").load(str(tmp_path / "broken.parquet"), "sw")
 
 
+@pytest.mark.slow  # > 20 s on a shared CPU (measured with --durations)
 def test_hub_dataset_offline_gives_one_line_error():
     with pytest.raises(HubError) as err:
         get_task("nli").load(None, "sw")

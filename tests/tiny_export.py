@@ -40,8 +40,10 @@ def make_base(folder: Path, dtype: str = "float32", seed: int = 0) -> Path:
 
 
 def make_lora(base: Path, folder: Path, seed: int = 1, flare: dict | None = None, flare_tensor: bool = False) -> Path:
-    """A peft LoRA adapter with B != 0; with `flare`, a FLARE-style folder (flare_config.json +
-    an extra lora_flare_* tensor that plain peft does not know)."""
+    """A peft LoRA adapter with B != 0; with `flare`, a real flare_cli folder: flare_config.json as
+    FlareModel.save_pretrained writes it (FlareConfig's fields at the top level, the other keys of
+    `flare` as provenance under meta), and with `flare_tensor` an extra lora_flare_* tensor that
+    plain peft does not know."""
     import torch
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file, save_file
@@ -53,7 +55,16 @@ def make_lora(base: Path, folder: Path, seed: int = 1, flare: dict | None = None
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(folder)
     if flare is not None:
-        (folder / "flare_config.json").write_text(json.dumps(flare))
+        from dataclasses import fields
+
+        from flare_cli.flare import FlareConfig
+
+        known = {f.name for f in fields(FlareConfig)}
+        meta = {**{k: v for k, v in flare.items() if k not in known}, **flare.get("meta", {})}
+        math = {k: v for k, v in flare.items() if k in known and k != "meta"}
+        config = FlareConfig(**{"fusion": "none" if math.get("method") == "lora" else "add_relu", **math},
+                             target_modules=["q_proj", "v_proj"], r=4, lora_alpha=8, meta=meta)
+        (folder / "flare_config.json").write_text(json.dumps(config.to_dict()))
     if flare_tensor:
         path = folder / "adapter_model.safetensors"
         state = load_file(str(path))

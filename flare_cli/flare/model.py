@@ -15,19 +15,18 @@ neither a custom-module mapping nor a LoraConfig subclass's extra fields.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
 
-from flare_cli.errors import ConfigError, ModelError, PivotError
+from flare_cli.errors import ConfigError, ModelError, PivotError, first_line
 from flare_cli.flare.encoder import adapt_lora_config
 from flare_cli.flare.fusion import FUSIONS
 from flare_cli.flare.layer import FlareLinear, layer_index_of
@@ -38,9 +37,9 @@ from flare_cli.flare.pivot import (
     find_decoder_layers,
     gather_aligned,
 )
+from flare_cli.methods import TRAIN_METHODS, Method, method_of
 
 FLARE_CONFIG_NAME = "flare_config.json"
-METHODS = ("lora", "flare", "input-fusion", "flare-mt")
 MT_PROJECTIONS = ("shared", "per-layer")
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 
@@ -69,8 +68,7 @@ class FlareConfig:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        method_of(self.method, choices=TRAIN_METHODS)
         if self.fusion not in FUSIONS:
             raise ConfigError(f"unknown fusion {self.fusion!r}; choose one of: {', '.join(FUSIONS)}")
         if self.align not in ("end", "start"):
@@ -89,9 +87,18 @@ class FlareConfig:
                 raise ConfigError(f"fused modules {extra} are not LoRA targets {self.target_modules}")
 
     @property
+    def method_record(self) -> Method:
+        return method_of(self.method)
+
+    @property
     def is_fused(self) -> bool:
         """Whether this adapter reads a pivot (FLARE, FLARE-MT) rather than being plain LoRA."""
-        return self.method in ("flare", "flare-mt")
+        return self.method_record.fuses
+
+    @property
+    def reads_mt(self) -> bool:
+        """FLARE-MT: the pivot is the MT encoder's states of the target prompt."""
+        return self.method_record.reads_mt
 
     @property
     def fused_module_names(self) -> list[str]:
@@ -114,7 +121,7 @@ class FlareConfig:
         The owner is the first fused module name (``fused_modules[0]``) of the lowest fused layer
         (shared projection), or of every fused layer (``mt_projection="per-layer"``).
         """
-        if self.method != "flare-mt" or not self.fuses(module_name):
+        if not self.reads_mt or not self.fuses(module_name):
             return False
         if module_name.rsplit(".", 1)[-1] != self.fused_module_names[0]:
             return False
@@ -155,14 +162,11 @@ class FlareConfig:
 
 
 def read_flare_config(adapter_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
-    """The raw flare_config.json of an adapter folder, or None if it has none."""
-    path = Path(adapter_dir) / FLARE_CONFIG_NAME
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path}: unreadable flare_config.json ({err})") from None
+    """The raw flare_config.json of an adapter folder, or None if it has none
+    (flare_cli.adapter_folder.AdapterFolder reads the whole folder)."""
+    from flare_cli.adapter_folder import AdapterFolder
+
+    return AdapterFolder.read(adapter_dir, require_adapter=False).raw or None
 
 
 def write_json_atomic(path: Union[str, Path], data: Any) -> None:
@@ -271,7 +275,7 @@ def get_flare_model(
     """
     from peft import get_peft_model
 
-    if config.method == "flare-mt":
+    if config.reads_mt:
         _check_mt_encoder(config, mt_encoder)
     resolve_modules(model, config)
     # an encoder (XLM-R) gets its head's peft task type and trains the head as modules_to_save
@@ -304,14 +308,12 @@ def load_flare_model(
         from flare_cli.hub import resolve_adapter
 
         adapter_dir = resolve_adapter(adapter_dir)
+    from flare_cli.adapter_folder import AdapterFolder
+
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter_dir}: not an adapter folder (no adapter_config.json)")
-    raw = read_flare_config(adapter_dir)
-    if raw is None:
-        raise ModelError(f"{adapter_dir}: no {FLARE_CONFIG_NAME}; not an adapter written by flare_cli")
-    config = FlareConfig.from_dict(raw)
-    if config.method == "flare-mt":
+    folder = AdapterFolder.read(adapter_dir)  # the one reader: strict FlareConfig, provenance in meta
+    config = folder.flare_config()
+    if config.reads_mt:
         if mt_encoder is None:
             if not config.mt_model:
                 raise ModelError(f"{adapter_dir}: a flare-mt adapter without mt_model in {FLARE_CONFIG_NAME}")
@@ -325,7 +327,7 @@ def load_flare_model(
         try:
             model = PeftModel.from_pretrained(model, str(adapter_dir / bundled)).merge_and_unload()
         except (OSError, RuntimeError, ValueError, KeyError) as err:
-            raise ModelError(f"{adapter_dir / bundled}: cannot merge the bundled task adapter ({str(err).splitlines()[0]})") from None
+            raise ModelError(f"{adapter_dir / bundled}: cannot merge the bundled task adapter ({first_line(err)})") from None
     resolve_modules(model, config)
     lora_config = _lora_config_for(config, LoraConfig.from_pretrained(str(adapter_dir)))
     try:
@@ -337,7 +339,7 @@ def load_flare_model(
                 model, str(adapter_dir), config=lora_config, is_trainable=is_trainable, adapter_name=adapter_name
             )
     except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:  # SafetensorError: truncated file
-        raise ModelError(f"{adapter_dir}: cannot load adapter ({str(err).splitlines()[0]})") from None
+        raise ModelError(f"{adapter_dir}: cannot load adapter ({first_line(err)})") from None
     _restore_flare_tensors(peft_model, adapter_dir, adapter_name)
     return FlareModel(peft_model, config, mt_encoder=mt_encoder)
 
@@ -427,7 +429,7 @@ class FlareModel(nn.Module):
             )
         self.mt_encoder = None
         self._mt_owners: dict[int, FlareLinear] = {}
-        if config.method == "flare-mt":
+        if config.reads_mt:
             self._mt_owners = {m.flare_layer: m for m in self._fused if len(m.lora_flare_mtproj) > 0}
             if not self._mt_owners:
                 raise ConfigError(f"flare-mt: no fused {config.fused_modules[0]} module to hold the MT projection")
@@ -594,7 +596,7 @@ class FlareModel(nn.Module):
             return None
         if no_pivot:
             return PivotSession()
-        if self.flare_config.method == "flare-mt":
+        if self.flare_config.reads_mt:
             if mt_input_ids is None:
                 raise PivotError(
                     "this FLARE-MT adapter needs mt_input_ids (the target prompt in MT-encoder tokens), or no_pivot=True"
@@ -675,6 +677,3 @@ class FlareModel(nn.Module):
     def merge_and_unload(self):
         """Fold a plain LoRA adapter into the base; raises MergeError for a fused adapter."""
         return self.peft_model.merge_and_unload()
-
-    def trainable_parameters(self) -> Sequence[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]

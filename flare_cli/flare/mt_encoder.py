@@ -22,11 +22,6 @@ from flare_cli.errors import ModelError
 from flare_cli.mt_engines import mt_lang_code  # one owner: MT tokenizers' language codes
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 class MTEncoder(nn.Module):
     """A frozen NLLB/M2M100 encoder plus its tokenizer; ``forward`` returns (B, Ls, d_mt) states."""
 

@@ -15,7 +15,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from flare_cli.errors import ConfigError, DataError, HubError
+from flare_cli.errors import ConfigError, DataError, HubError, first_line
 from flare_cli.tasks.templates import ANSWER_TAIL, INPUT_FUSION_SEPARATOR, template_body
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -109,10 +109,10 @@ def load_hub_records(
         if parquet_export:
             raise DataError(
                 f"dataset {where} needs its loading script, which datasets {datasets.__version__} no longer "
-                f"runs, and its parquet export has no such config/split ({str(err).splitlines()[0]}); "
+                f"runs, and its parquet export has no such config/split ({first_line(err)}); "
                 "export it to JSONL/CSV/parquet elsewhere and pass the file with --data"
             ) from None
-        raise DataError(f"dataset {where}: {str(err).splitlines()[0]}") from None
+        raise DataError(f"dataset {where}: {first_line(err)}") from None
     return dataset.to_list()
 
 

@@ -12,7 +12,7 @@ import string
 from typing import Optional, Sequence
 
 from flare_cli.errors import ConfigError
-from flare_cli.tasks.base import ClassificationTask, Task
+from flare_cli.tasks.base import PIVOT_PREFIX, ClassificationTask, Task
 from flare_cli.tasks.qa import QATask
 from flare_cli.tasks.templates import ANSWER_TAIL
 
@@ -45,7 +45,7 @@ def make_custom_task(
     if not input_fields:
         raise ConfigError("task 'custom' needs its input columns, e.g. --fields question,context")
     fields = tuple(input_fields)
-    if any(f.startswith("pivot_") or f in ("id",) for f in fields):
+    if any(f.startswith(PIVOT_PREFIX) or f in ("id",) for f in fields):
         raise ConfigError("custom input fields must be target-language columns (not 'id' or 'pivot_*')")
     template = template or default_template(fields)
     if not template.endswith(ANSWER_TAIL):

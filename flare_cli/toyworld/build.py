@@ -22,6 +22,7 @@ from pathlib import Path
 from flare_cli import __version__
 from flare_cli.config import flare_home
 from flare_cli.errors import ConfigError, ModelError
+from flare_cli.fsutil import atomic_write_json
 from flare_cli.toyworld.corpus import Mix, parallel_pairs, pretraining_documents, tokenizer_training_text
 from flare_cli.toyworld.language import Lexicon, Renderer
 from flare_cli.toyworld.mt import MTSettings, train_mt
@@ -129,9 +130,7 @@ def _stage_done(folder: Path, expected: str) -> bool:
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, payload, indent=2, ensure_ascii=False)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
