@@ -519,7 +519,7 @@ def eval_(
         None, "--qa-metric", help="Free-text scoring: squad (SQuAD v1.1 script) | mlqa (MLQA script) | unicode "
         "(default: squad for qa and English, mlqa otherwise).", show_default=False,
     ),
-    max_length: int = typer.Option(None, "--max-length", min=1, help="Cut prompts to N tokens as training does (default: no cut); cut rows are counted."),
+    max_length: int = typer.Option(None, "--max-length", min=1, help="Cut prompts to N tokens as training does (default: the adapter's training length, else no cut); cut rows are counted."),
     output_dir: str = typer.Option("eval", "--output-dir", "-o", help="Where predictions.jsonl and metrics.json go."),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", min=1, help="Default: 32 for qa, 8 for labels."),

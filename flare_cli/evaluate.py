@@ -64,7 +64,7 @@ class EvalConfig:
     qa_metric: Optional[str] = None  # squad | mlqa | unicode (default: flare_cli.metrics.default_qa_metric)
     data_config: Optional[str] = None  # Hub config of --data
     columns: Optional[str] = None  # "ours=theirs,..." column mapping
-    max_length: Optional[int] = None  # prompt tokens kept (from the end, as in training); None: no cut
+    max_length: Optional[int] = None  # prompt tokens kept (from the end, as in training); None: the adapter's training length, else no cut
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_new_tokens", "limit"):
