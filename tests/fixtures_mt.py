@@ -59,3 +59,22 @@ def build_tiny_nllb(root: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+class FakeEngine:
+    """An MT engine without a model (flare_cli.mt_engines.MTEngine's interface): each test's
+    subclass says how it translates, so the pipeline around the engine is tested on its own."""
+
+    engine, model_id, device, compute_type = "fake", "test/fake", "cpu", "exact"
+
+    def identity(self):
+        return "v1"
+
+    def lang_code(self, lang):
+        return lang.flores
+
+    def count_tokens(self, texts):
+        return [len(t.split()) + 2 for t in texts]
+
+    def translate_batch(self, texts, src, tgt, num_beams, max_new_tokens):
+        raise NotImplementedError

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from fixtures_mt import FakeEngine
 from test_bad_inputs import tree_state, write_rows
 from tiny_models import save_base
 from typer.testing import CliRunner
@@ -239,17 +240,8 @@ def test_merge_accepts_its_own_base_in_another_dtype(world, finished, tmp_path):
 # ------------------------------------------------------------------------------ file modes
 
 
-class EchoEngine:
-    engine, model_id, device, compute_type = "echo", "test/echo", "cpu", "exact"
-
-    def identity(self):
-        return "v1"
-
-    def lang_code(self, lang):
-        return lang.flores
-
-    def count_tokens(self, texts):
-        return [len(t.split()) + 2 for t in texts]
+class EchoEngine(FakeEngine):
+    engine, model_id = "echo", "test/echo"
 
     def translate_batch(self, texts, src, tgt, num_beams, max_new_tokens):
         return [t.upper() for t in texts], sum(len(t.split()) for t in texts)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fixtures_mt import build_tiny_nllb
+from fixtures_mt import FakeEngine, build_tiny_nllb
 from flare_cli import translate as tr
 from flare_cli.cli import app
 from flare_cli.errors import ConfigError, DataError, LanguageError
@@ -210,25 +210,13 @@ def test_recover_answer_handles_other_quote_styles_and_spaces():
     assert recover_answer('Parisi "" ni kubwa.', 0, 0) is None  # empty span
 
 
-class WordEngine:
+class WordEngine(FakeEngine):
     """A deterministic word-by-word MT engine: enough to exercise projection end to end."""
 
-    engine = "words"
-    model_id = "test/words"
-    device = "cpu"
-    compute_type = "exact"
+    engine, model_id = "words", "test/words"
 
     LEXICON = {"paris": "Parisi", "is": "ni", "the": "", "capital": "mji-mkuu", "of": "wa", "france": "Ufaransa",
                "what": "nini", "rain": "mvua", "fell": "ilinyesha", "cat": "paka"}
-
-    def identity(self):
-        return "v1"
-
-    def lang_code(self, lang):
-        return lang.flores
-
-    def count_tokens(self, texts):
-        return [len(t.split()) + 2 for t in texts]
 
     def translate_batch(self, texts, src, tgt, num_beams, max_new_tokens):
         outs = []
