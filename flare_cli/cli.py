@@ -614,7 +614,7 @@ def _eval_line(m: dict, output_dir: str) -> str:
 
 @app.command()
 def merge(
-    config: Optional[str] = config_file_option("flare_cli.export:MergeConfig"),
+    config: Optional[str] = config_file_option("flare_cli.merge:MergeConfig"),
     adapter: str = typer.Option(..., "--adapter", help="Saved adapter folder, or Hub repo user/name[@revision]."),
     output_dir: Path = typer.Option(..., "--output-dir", "-o", help="Folder for the merged model."),
     base: Optional[str] = typer.Option(
@@ -634,14 +634,14 @@ def merge(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable result on stdout."),
 ) -> None:
     """Fold a LoRA adapter into its base (FLARE adapters are refused unless asked explicitly)."""
-    from flare_cli import export
+    from flare_cli import merge as stage
 
-    cfg = run_stage(lambda: export.MergeConfig(
+    cfg = run_stage(lambda: stage.MergeConfig(
         adapter=adapter, output_dir=output_dir, base=base, task_adapter=task_adapter,
         no_task_adapter=no_task_adapter, max_shard_size=max_shard_size,
         drop_pivot=drop_pivot, dequantize=dequantize, overwrite=overwrite,
     ))
-    result = run_stage(lambda: export.run(cfg))
+    result = run_stage(lambda: stage.run(cfg))
     for line in result.warnings:
         _stderr_console().print(f"[bold yellow]warning:[/] {line}", highlight=False)
     if json_out:
@@ -842,7 +842,7 @@ def env_(json_out: bool = typer.Option(False, "--json", help="Machine-readable o
 
 # command -> its stage config, in pipeline order (docs/config.md)
 CONFIG_SCHEMAS = (("translate", "flare_cli.translate:TranslateConfig"), ("train", "flare_cli.train:TrainConfig"),
-                  ("eval", "flare_cli.evaluate:EvalConfig"), ("merge", "flare_cli.export:MergeConfig"),
+                  ("eval", "flare_cli.evaluate:EvalConfig"), ("merge", "flare_cli.merge:MergeConfig"),
                   ("push", "flare_cli.hub:PushConfig"), ("demo", "flare_cli.demo:DemoConfig"))
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "train_qa_sw.yaml"
 

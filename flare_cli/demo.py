@@ -211,7 +211,7 @@ class _Pipeline:
 
 def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipeline, dict[str, Any]]:
     """The demo's steps (nothing runs yet) and the state they fill (``results``, ``push_files``)."""
-    from flare_cli import evaluate, export, hub, toyworld, train, translate
+    from flare_cli import evaluate, hub, merge, toyworld, train, translate
 
     reporter = reporter or _Silent()
     pipe = _Pipeline(cfg, reporter)
@@ -287,7 +287,7 @@ def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipelin
         pipe.add_stage(f"eval_{method}", f"Evaluate {method} on the qtw test set", "eval", config,
                        lambda method=method, config=config: _evaluate(method, config, task, state["results"], reporter))
 
-    merged = export.MergeConfig(adapter=adapters[MERGED_METHOD], output_dir=work / "merged-lora", overwrite=True)
+    merged = merge.MergeConfig(adapter=adapters[MERGED_METHOD], output_dir=work / "merged-lora", overwrite=True)
     pipe.add_stage("merge", "Merge the LoRA baseline (with stage 1) into a standalone model", "merge", merged,
                    lambda: _merge(merged))
     push = hub.PushConfig(folder=adapters[PUSHED_METHOD], repo_id=cfg.repo_id, dry_run=True)
@@ -400,9 +400,9 @@ def _evaluate(method: str, cfg, task: str, results: dict, reporter: Reporter) ->
 
 
 def _merge(cfg) -> str:
-    from flare_cli import export
+    from flare_cli import merge
 
-    result = export.run(cfg)
+    result = merge.run(cfg)
     return f"{result.dtype}, {sum(f.endswith('.safetensors') for f in result.files)} safetensors file(s)"
 
 

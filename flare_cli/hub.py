@@ -173,7 +173,7 @@ def _stage(cfg: PushConfig, folder: Path, kind: str, staging: Path, result: Push
 
     A folder without a README.md of its own gets a card generated from its current state on every
     push (never written into the folder: a saved copy would go stale when metrics.json changes)."""
-    from flare_cli.export import REPO_PLACEHOLDER, build_model_card
+    from flare_cli.card import REPO_PLACEHOLDER, build_model_card
 
     files = {name: folder / name for name in files_to_upload(folder, kind)}
     card = original = _read_card(folder)

@@ -651,7 +651,7 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     from transformers import get_scheduler
 
     from flare_cli.encode import build_examples, collate, truncation_meta, truncation_report
-    from flare_cli.export import base_fingerprint
+    from flare_cli.merge import base_fingerprint
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.flare.encoder import encoder_meta, family_defaults, model_family
     from flare_cli.modeling import load_base_model, pick_device

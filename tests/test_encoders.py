@@ -311,7 +311,7 @@ def train(world, out, task, method, *extra):
 def test_cli_classification_train_eval_merge(world, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from flare_cli.export import build_model_card
+    from flare_cli.card import build_model_card
 
     flare = tmp_path / "flare"
     res = train(world, flare, "nli", "flare")
@@ -367,7 +367,7 @@ def test_cli_classification_train_eval_merge(world, tmp_path):
 
 
 def test_cli_qa_train_eval(world, tmp_path):
-    from flare_cli.export import build_model_card
+    from flare_cli.card import build_model_card
 
     out = tmp_path / "qa"
     res = train(world, out, "qa", "flare", "--max-length", "32")

@@ -337,7 +337,7 @@ def test_cli_train_eval_and_merge_refusal(nllb_dir, tmp_path):
     assert config["method"] == "flare-mt" and config["mt_model"] == str(nllb_dir)
     assert config["fusion"] == "add_relu" and config["meta"]["lang"] == "sw"
 
-    from flare_cli.export import build_model_card
+    from flare_cli.card import build_model_card
 
     card = str(build_model_card(out))
     assert "FLARE-MT adapter" in card and f"frozen MT encoder, `{nllb_dir}`" in card

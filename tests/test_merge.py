@@ -186,7 +186,7 @@ def test_bad_adapter_folders(world, tmp_path):
 def test_model_card_metadata(world, tmp_path):
     import shutil
 
-    from flare_cli.export import build_model_card
+    from flare_cli.card import build_model_card
 
     folder = tmp_path / "adapter"
     shutil.copytree(world["flare_add"], folder)
