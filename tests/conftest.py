@@ -2,8 +2,8 @@
 
 The suite must pass whatever the user has exported (HF_HUB_OFFLINE=1 on an air-gapped cluster,
 HF_HOME, HF_TOKEN, TRANSFORMERS_CACHE, FLARE_DEBUG, ...): those variables are removed here, at
-import time, before huggingface_hub or transformers read them into module constants, and again
-around every test. Tests that need a particular setting (the local Hub server's) set it themselves.
+import time, before huggingface_hub or transformers read them into module constants (HF_HUB_OFFLINE
+is then set to 1, so nothing waits on the network), and again around every test. Tests that need a particular setting (the local Hub server's) set it themselves.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ def user_env_vars(environ=os.environ) -> list[str]:
 
 for _name in user_env_vars():
     del os.environ[_name]
+# Offline from the start: huggingface_hub, transformers and datasets read HF_HUB_OFFLINE into module
+# constants at import, and a test run must never wait on (or reach) the network. The local Hub
+# server's tests switch their constants back on (hub_server.hermetic_hub_env).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 
 @pytest.fixture(autouse=True)
