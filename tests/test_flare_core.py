@@ -11,7 +11,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from tiny_models import ARCHS, VOCAB, tiny_causal_lm
+from tiny_models import ARCHS, VOCAB, left_pad, randomize_adapter, tiny_causal_lm
 
 from flare_cli.errors import ConfigError, MergeError, PivotError
 from flare_cli.flare import FlareConfig, get_flare_model, load_flare_model
@@ -19,15 +19,6 @@ from flare_cli.flare.layer import FlareLinear
 from flare_cli.flare.pivot import align_index, positions_from_mask
 
 FUSIONS = ("add_relu", "add", "mul", "cross_attention", "none")
-
-
-def randomize_adapter(fm, seed=1, std=0.3):
-    """B != 0 (and random bottleneck attention) so the adapter visibly acts."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in fm.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 def batch(seed=0):
@@ -355,14 +346,6 @@ def test_generation_equals_fused_full_forward():
     randomize_adapter(fm, std=0.5)
     prompts = [torch.randint(3, VOCAB, (7,)), torch.randint(3, VOCAB, (4,))]
     pivots = [torch.randint(3, VOCAB, (5,)), torch.randint(3, VOCAB, (6,))]
-
-    def left_pad(rows):
-        L = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), L, dtype=torch.long)
-        m = torch.zeros(len(rows), L, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, L - len(r):], m[i, L - len(r):] = r, 1
-        return ids, m
 
     ids, mask = left_pad(prompts)
     piv, pmask = left_pad(pivots)

@@ -14,7 +14,7 @@ import torch
 from fixtures_mt import build_tiny_nllb
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
-from tiny_models import VOCAB, save_base, tiny_causal_lm, tiny_llama, tiny_tokenizer
+from tiny_models import VOCAB, randomize_adapter, save_base, tiny_causal_lm, tiny_llama, tiny_tokenizer
 from typer.testing import CliRunner
 
 from flare_cli.cli import app
@@ -34,14 +34,6 @@ def nllb_dir(tmp_path_factory):
 @pytest.fixture()
 def encoder(nllb_dir):
     return load_mt_encoder(str(nllb_dir))
-
-
-def randomize_adapter(fm, seed=1, std=0.3):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in fm.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 def mt_fm(encoder, **kw):

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import VOCAB, tiny_causal_lm
+from tiny_models import VOCAB, left_pad, randomize_adapter, tiny_causal_lm
 
 from flare_cli.flare import FlareConfig, get_flare_model
-
-
-def randomize_adapter(fm, seed=1, std=0.3):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in fm.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
 def loud_model(arch="llama", **kw):
@@ -24,15 +16,6 @@ def loud_model(arch="llama", **kw):
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(50)
     return model
-
-
-def left_pad(rows):
-    L = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), L, dtype=torch.long)
-    mask = torch.zeros(len(rows), L, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, L - len(r):], mask[i, L - len(r):] = r, 1
-    return ids, mask
 
 
 def prompts_and_pivots(seed=0, n=3):

@@ -98,3 +98,22 @@ def save_lora_adapter(base_model, folder: Path, seed=1):
     peft_model = get_peft_model(base_model, config)
     peft_model.save_pretrained(folder)
     return peft_model
+
+
+def randomize_adapter(fm, seed=1, std=0.3):
+    """B != 0 (and random bottleneck attention) so the adapter visibly acts."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in fm.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def left_pad(rows):
+    """(ids, attention mask) of 1-D id tensors left-padded with 0 to the longest."""
+    length = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r):], mask[i, length - len(r):] = r, 1
+    return ids, mask
