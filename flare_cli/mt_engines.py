@@ -70,9 +70,7 @@ def check_engine_options(name: str, compute_type: str = "auto", device_map: str 
     if name == "ctranslate2":
         if device_map:
             raise ConfigError("--device-map is for the transformers engine; ctranslate2 runs the model on one device")
-        kind = device.partition(":")[0]
-        if device != "auto" and kind not in ("cpu", "cuda"):
-            raise ConfigError(f"--device {device!r}: ctranslate2 runs on cpu or cuda[:N]; use --engine transformers for {kind}")
+        _check_ct2_device(device)
         try:
             import ctranslate2  # noqa: F401
         except ImportError:
@@ -325,12 +323,18 @@ class CT2Translator(_TokenizerMixin):
         return outputs, sum(len(h) for h in hyps)
 
 
+def _check_ct2_device(device: str) -> tuple[str, str]:
+    """(kind, index) of a --device ctranslate2 can run on ("auto" passes); else one ConfigError line."""
+    kind, _, index = device.partition(":")
+    if device != "auto" and (kind not in ("cpu", "cuda") or (index and not index.isdigit())):
+        raise ConfigError(f"--device {device!r}: ctranslate2 runs on cpu or cuda[:N]; use --engine transformers for {kind}")
+    return kind, index
+
+
 def _resolve_ct2_device(device: str, ctranslate2) -> tuple[str, int]:
     if device == "auto":
         return ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"), 0
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
-        raise ConfigError(f"--device {device!r}: ctranslate2 runs on cpu or cuda[:N]; use --engine transformers for {kind}")
+    kind, index = _check_ct2_device(device)
     if kind == "cuda" and ctranslate2.get_cuda_device_count() == 0:
         raise ConfigError("--device cuda: ctranslate2 sees no CUDA device (is this its CUDA build?)")
     return kind, int(index or 0)
