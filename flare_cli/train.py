@@ -271,6 +271,8 @@ class TrainResult:
     resumed_from: Optional[int]
     elapsed_s: float
     already_complete: bool = False
+    engine: str = "single"  # single | DDP | FSDP2 (flare_cli/distributed.py), with `processes` ranks
+    processes: int = 1
     truncation: Optional[dict] = None  # encode.truncation_report of the training rows
     log: list[dict] = field(default_factory=list, repr=False)
 
@@ -399,15 +401,19 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
 
-def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit: int) -> Path:
+def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit: int, dist) -> Optional[Path]:
+    """Every rank calls this (FSDP gathers the adapter and optimizer shards); rank 0 writes."""
     import torch
 
+    adapter, optimizer_state = dist.adapter_state_dict(model), dist.optimizer_state_dict(optimizer)
+    if not dist.is_main:
+        return None
     ckpt_root = out / "checkpoints"
     ckpt = ckpt_root / f"checkpoint-{state['step']}"
     tmp = ckpt_root / f".tmp-checkpoint-{state['step']}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    model.save_pretrained(tmp, **({"state_dict": adapter} if adapter is not None else {}))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}, tmp / "rng.pt")
     give_usual_modes(tmp)  # safetensors writes 0600 files
@@ -446,14 +452,13 @@ def _read_checkpoint(ckpt: Path) -> dict:
         raise _UnusableCheckpoint(text[0] if text else type(err).__name__) from None
 
 
-def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path) -> dict:
+def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path, dist) -> dict:
     import torch
-    from peft import set_peft_model_state_dict
 
     saved = _read_checkpoint(ckpt)
     try:
-        set_peft_model_state_dict(fm.peft_model, saved["adapter"])
-        optimizer.load_state_dict(saved["optimizer"])
+        dist.load_adapter_state_dict(fm, saved["adapter"])
+        dist.load_optimizer_state_dict(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise _UnusableCheckpoint(str(err).strip().splitlines()[0]) from None
@@ -462,21 +467,21 @@ def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path) -> dict:
     return saved["state"]
 
 
-def _resume(fm, optimizer, scheduler, out: Path, on_log: Callable[[dict], None],
+def _resume(fm, optimizer, scheduler, out: Path, dist, on_log: Callable[[dict], None],
             only: Optional[Path] = None) -> Optional[dict]:
     """Load the newest checkpoint that reads back; a damaged one (a disk error, a kill the OS did
     not flush) is skipped, and said so, in favour of the one before it. ``only`` (from
     --resume-from-checkpoint): that checkpoint or a one-line error, no fallback."""
     if only is not None:
         try:
-            state = _load_checkpoint(fm, optimizer, scheduler, only)
+            state = _load_checkpoint(fm, optimizer, scheduler, only, dist)
         except _UnusableCheckpoint as err:
             raise ModelError(f"--resume-from-checkpoint {only}: unreadable ({err})") from None
         on_log({"event": "resume", "step": state["step"], "checkpoint": str(only)})
         return state
     for ckpt in _checkpoints(out):
         try:
-            state = _load_checkpoint(fm, optimizer, scheduler, ckpt)
+            state = _load_checkpoint(fm, optimizer, scheduler, ckpt, dist)
         except _UnusableCheckpoint as err:
             on_log({"event": "skip_checkpoint", "checkpoint": str(ckpt), "reason": str(err)})
             continue
@@ -663,13 +668,18 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     if not rows:
         raise DataError(f"{cfg.data or task.hub_id or cfg.task}: no training rows")
     _seed_everything(cfg.seed)
+    if dist.sharded and cfg.load_in_4bit:
+        raise ConfigError("--load-in-4bit does not run under FSDP in flare train; use DDP "
+                          "(examples/accelerate/ddp.yaml), each process holding its own 4-bit base")
     device = dist.device or (pick_device() if not cfg.device_map else None)
     device_map = cfg.device_map
     if dist.world_size > 1 and cfg.load_in_4bit and dist.device.type == "cuda":
         device_map = {"": dist.device.index}  # each process quantizes its own copy onto its own GPU
     model, tokenizer = load_base_model(
         cfg.base, task_adapter=cfg.task_adapter, dtype=cfg.dtype, device_map=device_map,
-        load_in_4bit=cfg.load_in_4bit, **({"device": str(dist.device)} if dist.world_size > 1 else {}), task=task,
+        load_in_4bit=cfg.load_in_4bit, task=task,
+        # FSDP: every rank loads the base on CPU and fully_shard moves only its shard to the device
+        **({"device": "cpu" if dist.sharded else str(dist.device)} if dist.world_size > 1 else {}),
     )
     family = model_family(model.config)  # encoders (XLM-R) load with their task head; flare/encoder.py
     defaults = family_defaults(family)
@@ -705,7 +715,6 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
         fm.gradient_checkpointing_enable()  # each recomputed layer gets its own forward's pivot back
     device = device or next(fm.parameters()).device
     fm.train()
-    wrapped = dist.wrap(fm)  # what training forwards go through: fm itself, or its DDP/FSDP wrapper
 
     mt = {"mt_encoder": mt_encoder, "lang": cfg.lang} if mt_encoder is not None else {}
     examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length, family=family, **mt)
@@ -716,8 +725,11 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
     steps_per_epoch = max(1, micro_per_epoch // accum)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    optimizer = build_optimizer(cfg, [p for p in fm.parameters() if p.requires_grad])
+    # what training forwards go through: fm itself, its DDP wrapper, or fm sharded in place (FSDP2,
+    # which also moves the optimizer onto the shards)
+    wrapped, optimizer = dist.prepare(fm, optimizer)
     params = [p for p in wrapped.parameters() if p.requires_grad]
-    optimizer = build_optimizer(cfg, params)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
 
@@ -729,7 +741,7 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     if dist.is_main:
         atomic_write_text(out / CONFIG_NAME, f"# flare train -c {CONFIG_NAME}\n{dump_yaml(public_dict(cfg))}")
     state = {"step": 0, "micro": 0, "best_loss": None, "best_step": None, "train_loss": None}
-    resumed = _resume(fm, optimizer, scheduler, out, on_log if dist.is_main else (lambda record: None),
+    resumed = _resume(fm, optimizer, scheduler, out, dist, on_log if dist.is_main else (lambda record: None),
                       only=Path(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None)
     resumed_from = None
     if resumed is not None:
@@ -816,8 +828,8 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
             state["evals_without_improvement"] = 0 if improved else state.get("evals_without_improvement", 0) + 1
             log({"step": step, "eval_loss": round(vloss, 6), "best": improved})
             stop = patience is not None and state["evals_without_improvement"] >= patience
-        if dist.is_main and (step % save_every == 0 or step == total_steps or stop):
-            _save_checkpoint(fm, optimizer, scheduler, dict(state), out, cfg.save_total_limit)
+        if step % save_every == 0 or step == total_steps or stop:
+            _save_checkpoint(fm, optimizer, scheduler, dict(state), out, cfg.save_total_limit, dist)
         if stop:
             log({"event": "early_stop", "step": step, "best_step": state["best_step"], "patience": patience})
             break
@@ -828,7 +840,8 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
         output_dir=str(out), method=cfg.method, steps=state["step"], epochs=round(micro / micro_per_epoch, 4),
         train_loss=state["train_loss"] if state["train_loss"] is not None else float("nan"),
         best_validation_loss=state["best_loss"], best_step=state["best_step"], resumed_from=resumed_from,
-        elapsed_s=round(time.time() - start, 2), truncation=truncation,
+        elapsed_s=round(time.time() - start, 2), truncation=truncation, engine=dist.name,
+        processes=dist.world_size,
     )
     if dist.is_main:
         final = out / "checkpoints" / f"checkpoint-{state['best_step'] or state['step']}"
