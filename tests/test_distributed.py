@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,95 @@ def test_two_processes_train_the_same_adapter_as_one(world, tmp_path, method):
     assert (tmp_path / "two" / "adapter_model.safetensors").read_bytes() == before
     assert reports[1]["writes"] == []
 
+
+
+# ------------------------------------------------------------------------------------------- FSDP2
+FSDP_CONFIG = ROOT / "examples" / "accelerate" / "fsdp.yaml"
+
+
+def run_accelerate(world, out, method, *extra, config=FSDP_CONFIG):
+    """`accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2`: the shipped
+    config as a user runs it (accelerate's launcher sets the FSDP environment; on CPU flare train
+    asks accelerate for FSDP2 over gloo)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    report = str(out) + ".report"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
+           "--main_process_port", "0", str(world / "launch.py"), str(out), report, *args(world, out, method), *extra]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def single(world, tmp_path_factory):
+    """The 1-process run of a method (trained once per module), the reference for FSDP."""
+    done = {}
+
+    def get(method):
+        if method not in done:
+            done[method] = tmp_path_factory.mktemp(f"single_{method}") / "out"
+            run(world, done[method], method, 1)
+        return done[method]
+
+    return get
+
+
+def assert_same_adapter(one, two):
+    a = load_file(str(one / "adapter_model.safetensors"))
+    b = load_file(str(two / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert any(v.abs().sum() > 0 for k, v in b.items() if "lora_B" in k)  # it trained
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], **TOLERANCE)
+    return b
+
+
+@pytest.mark.parametrize("method", ["flare", "lora"])
+def test_fsdp_two_processes_train_the_adapter_of_one(world, single, tmp_path, method):
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from flare_cli.flare import load_flare_model
+
+    assert yaml.safe_load(FSDP_CONFIG.read_text())["fsdp_config"]["fsdp_version"] == 2
+    two, reports = run_accelerate(world, tmp_path / "two", method)
+    result = json.loads((tmp_path / "two" / "train_result.json").read_text())
+    assert (result["engine"], result["processes"], result["steps"]) == ("FSDP2", 2, 14)  # it really sharded
+    saved = assert_same_adapter(single(method), tmp_path / "two")
+    assert len(saved) == 28  # every LoRA tensor of both layers gathered, not rank 0's shard
+    for name in ("checkpoint-7", "checkpoint-14"):  # the checkpoints hold the full adapter too
+        ckpt = load_file(str(tmp_path / "two" / "checkpoints" / name / "adapter_model.safetensors"))
+        assert {k: v.shape for k, v in ckpt.items()} == {k: v.shape for k, v in saved.items()}
+    assert reports[1]["writes"] == [], reports[1]["writes"][:5]  # only rank 0 wrote
+    assert two.stdout.count(f"trained {method} adapter") == 1, two.stdout
+
+    # the saved adapter is an ordinary one: plain peft and load_flare_model read the gathered tensors
+    base = AutoModelForCausalLM.from_pretrained(world / "base")
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "two")
+    key = next(k for k in saved if "layers.1.self_attn.q_proj.lora_B" in k)
+    loaded = dict(peft_model.named_parameters())[key.replace(".weight", ".default.weight")]
+    torch.testing.assert_close(loaded, saved[key], atol=0, rtol=0)
+    fm = load_flare_model(AutoModelForCausalLM.from_pretrained(world / "base"), tmp_path / "two")
+    assert fm.flare_config.method == method
+
+
+def test_fsdp_resumes_from_a_gathered_checkpoint(world, single, tmp_path):
+    # checkpoint-7 of an FSDP run (full tensors on disk) resumed under FSDP (sharded again) and by
+    # a single process reproduces the uninterrupted adapter
+    run_accelerate(world, tmp_path / "fsdp", "flare", "--gradient-checkpointing")  # fusion survives recompute
+    assert_same_adapter(single("flare"), tmp_path / "fsdp")
+    for name, launch in (("again_fsdp", run_accelerate), ("again_single", lambda w, o, m: run(w, o, m, 1))):
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "fsdp", out)
+        config = out / "train_config.yaml"
+        config.write_text(config.read_text().replace(str(tmp_path / "fsdp"), str(out)))
+        shutil.rmtree(out / "checkpoints" / "checkpoint-14")
+        for file in ("train_result.json", "adapter_model.safetensors"):
+            (out / file).unlink()
+        launch(world, out, "flare")
+        assert json.loads((out / "train_result.json").read_text())["resumed_from"] == 7
+        assert_same_adapter(single("flare"), out)

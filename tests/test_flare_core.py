@@ -236,6 +236,22 @@ def test_source_pass_skips_lm_head_and_later_layers():
     assert calls == ["layer0"]  # layer 1's input is layer 0's output; layer 1 itself never runs
 
 
+
+def test_source_pass_stops_before_hooks_already_on_the_layer():
+    # FSDP2 (fully_shard) puts a pre-hook on every layer that gathers its shard; the pivot pass
+    # must stop before that hook on the layer it does not run, or the layer is left gathered
+    # with its adapter frozen (then its LoRA weights get no gradient under FSDP)
+    base = tiny_causal_lm("llama", layers=4)
+    fm = get_flare_model(base, FlareConfig(fused_layers=[0, 1]))
+    gathered = []
+    hooks = [layer.register_forward_pre_hook(lambda *a, i=i: gathered.append(i))
+             for i, layer in enumerate(base.model.layers)]
+    _, _, piv, pmask = batch()
+    states = fm.encode_pivot(piv, pmask)
+    for h in hooks:
+        h.remove()
+    assert sorted(states) == [0, 1] and gathered == [0]
+
 def grads(fm, ids, mask, piv, pmask, **kw):
     fm.zero_grad(set_to_none=True)
     out = fm(ids, mask, labels=ids.masked_fill(mask == 0, -100), pivot_input_ids=piv, pivot_attention_mask=pmask, **kw)

@@ -397,23 +397,6 @@ def _restore_flare_tensors(peft_model: nn.Module, adapter_dir: Path, adapter_nam
             param.copy_(saved[key].to(param.device, param.dtype))
 
 
-def _reshard(layers: nn.ModuleList) -> None:
-    """Put FSDP2-sharded layers the pivot pass gathered back into shards, adapters still off.
-
-    peft disables adapters by freezing them (``requires_grad_(False)``) and thaws whatever parameter
-    objects a layer holds when they are enabled again; FSDP2 restores a layer's ``requires_grad``
-    from its *sharded* parameters at every gather. A layer left gathered across that (FSDP's
-    ``reshard_after_forward: false``) would have its sharded LoRA weights frozen for good, so no
-    layer stays gathered past the pivot pass. Without FSDP this does nothing."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # a torch built without distributed
-        return
-    for layer in layers:
-        if isinstance(layer, FSDPModule):
-            layer.reshard()
-
-
 def _cache_offset_setter(session: PivotSession):
     """Forward pre-hook for the LM in generate: tell the session how many tokens the KV cache holds
     before this call (0 for the prefill and for every uncached call), as transformers counts them."""
@@ -512,15 +495,17 @@ class FlareModel(nn.Module):
         """Hidden states entering each fused layer, from the frozen base (adapters off) over the pivot."""
         if not self._fused_layers:
             return {}
-        layers = find_decoder_layers(self.base_model)
         with self.peft_model.disable_adapter():
-            try:
-                return capture_layer_inputs(
-                    self.base_model, layers, self._fused_layers, pivot_input_ids, pivot_attention_mask,
-                    source_norm=self.flare_config.source_norm,
-                )
-            finally:
-                _reshard(layers)
+            # under FSDP2 this runs inside the sharded model's own forward: each layer gathers
+            # its shard as usual (flare_cli/flare/pivot.py stops before gathering one too many)
+            return capture_layer_inputs(
+                self.base_model,
+                find_decoder_layers(self.base_model),
+                self._fused_layers,
+                pivot_input_ids,
+                pivot_attention_mask,
+                source_norm=self.flare_config.source_norm,
+            )
 
     def pivot_session(
         self,
