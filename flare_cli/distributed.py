@@ -53,10 +53,14 @@ def check_engine_settings() -> None:
     """Refuse, in one line and before accelerate starts, the sharded settings this recipe cannot run."""
     engine = sharded_engine()
     if engine == "DeepSpeed":
-        from flare_cli.deepspeed_engine import check_deepspeed
-
-        check_deepspeed()
-    elif engine == "FSDP":
+        # accelerate runs DeepSpeed on accelerators only (never on CPU, so nothing here could test
+        # it), and its engine takes over backward, accumulation and the optimizer step
+        raise ConfigError(
+            "flare train does not run under DeepSpeed (its engine would own the backward pass, gradient "
+            "accumulation and the optimizer step of the FLARE recipe, an untested path); shard a large base with "
+            "FSDP2 (examples/accelerate/fsdp.yaml) or use DDP (examples/accelerate/ddp.yaml)"
+        )
+    if engine == "FSDP":
         version = os.environ.get("FSDP_VERSION", "1").strip()
         if version != "2":
             raise ConfigError(
