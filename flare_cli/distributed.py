@@ -191,6 +191,7 @@ class AccelerateDist(Dist):
             return self.accelerator.prepare_model(model), optimizer
         # accelerate's FSDP2 recipe: fully_shard every decoder layer (the config's
         # fsdp_transformer_layer_cls_to_wrap) and the root, then swap the optimizer onto the shards
+        _check_layer_classes(self.accelerator.state.fsdp_plugin, model)
         model, prepared = self.accelerator.prepare(model, optimizer)
         return model, getattr(prepared, "optimizer", prepared)  # the torch optimizer inside accelerate's wrapper
 
@@ -247,6 +248,29 @@ class AccelerateDist(Dist):
                 for index, entry in saved["state"].items()
             }}
         optimizer.load_state_dict(saved)
+
+
+def _check_layer_classes(plugin, fm) -> None:
+    """fsdp_transformer_layer_cls_to_wrap must name classes of this base (accelerate would raise a
+    traceback); left out, it defaults to the base's decoder layer class (one FSDP unit per layer)."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from flare_cli.flare.pivot import find_decoder_layers
+
+    if plugin.auto_wrap_policy is not transformer_auto_wrap_policy:
+        return  # size-based or no auto wrap: accelerate's own choice
+    layer_class = type(find_decoder_layers(fm.base_model)[0]).__name__
+    names = plugin.transformer_cls_names_to_wrap
+    if not names:
+        plugin.transformer_cls_names_to_wrap = [layer_class]
+        return
+    present = {type(module).__name__ for module in fm.modules()}
+    for name in names:
+        if name not in present:
+            raise ConfigError(
+                f"fsdp_transformer_layer_cls_to_wrap {name} is not a module class of this base (its layers are "
+                f"{layer_class}); set fsdp_transformer_layer_cls_to_wrap: {layer_class} in the accelerate config"
+            )
 
 
 def _adapter_parameters(fm) -> tuple[dict, set]:

@@ -136,7 +136,7 @@ def test_two_processes_train_the_same_adapter_as_one(world, tmp_path, method):
 FSDP_CONFIG = ROOT / "examples" / "accelerate" / "fsdp.yaml"
 
 
-def run_accelerate(world, out, method, *extra, config=FSDP_CONFIG):
+def run_accelerate(world, out, method, *extra, config=FSDP_CONFIG, ok=True):
     """`accelerate launch --config_file examples/accelerate/fsdp.yaml --num_processes 2`: the shipped
     config as a user runs it (accelerate's launcher sets the FSDP environment; on CPU flare train
     asks accelerate for FSDP2 over gloo)."""
@@ -148,6 +148,8 @@ def run_accelerate(world, out, method, *extra, config=FSDP_CONFIG):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
            "--main_process_port", "0", str(world / "launch.py"), str(out), report, *args(world, out, method), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if not ok:
+        return proc, None
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(2)]
 
@@ -222,3 +224,18 @@ def test_fsdp_resumes_from_a_gathered_checkpoint(world, single, tmp_path):
         launch(world, out, "flare")
         assert json.loads((out / "train_result.json").read_text())["resumed_from"] == 7
         assert_same_adapter(single("flare"), out)
+
+
+def test_fsdp_layer_class_of_another_base_is_one_line(world, tmp_path):
+    # the example names LlamaDecoderLayer; a user with another base who forgets to change it gets
+    # told which class to write (accelerate itself raises a traceback), and nothing is written
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(FSDP_CONFIG.read_text().replace("LlamaDecoderLayer", "Qwen2DecoderLayer"))
+    proc, _ = run_accelerate(world, tmp_path / "out", "flare", config=config, ok=False)
+    errors = {line for line in proc.stderr.splitlines() if line.startswith("error:")}
+    assert proc.returncode != 0 and errors == {
+        "error: fsdp_transformer_layer_cls_to_wrap Qwen2DecoderLayer is not a module class of this base (its layers "
+        "are LlamaDecoderLayer); set fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer in the accelerate config"
+    }, proc.stderr[-3000:]
+    assert "]: Traceback" not in proc.stderr  # no rank raised (the launcher's own report of the exit follows)
+    assert not (tmp_path / "out").exists()
