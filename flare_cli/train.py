@@ -687,6 +687,9 @@ def _build(cfg: TrainConfig, task, dist) -> _Setup:
     if not rows:
         raise DataError(f"{cfg.data or task.hub_id or cfg.task}: no training rows")
     _seed_everything(cfg.seed)
+    if dist.sharded and method_of(cfg.method).reads_mt:
+        raise ConfigError("--method flare-mt does not run under FSDP (its MT projection sits in a sharded layer but "
+                          "runs before that layer's forward); use DDP (examples/accelerate/ddp.yaml)")
     if dist.sharded and cfg.load_in_4bit:
         raise ConfigError("--load-in-4bit does not run under FSDP in flare train; use DDP "
                           "(examples/accelerate/ddp.yaml), each process holding its own 4-bit base")

@@ -239,3 +239,12 @@ def test_fsdp_layer_class_of_another_base_is_one_line(world, tmp_path):
     }, proc.stderr[-3000:]
     assert "]: Traceback" not in proc.stderr  # no rank raised (the launcher's own report of the exit follows)
     assert not (tmp_path / "out").exists()
+
+
+def test_fsdp_refuses_flare_mt_in_one_line(world, tmp_path):
+    # its MT projection (in a sharded layer) runs before that layer's forward: refused before loading
+    proc, _ = run_accelerate(world, tmp_path / "out", "flare-mt", "--mt-model", str(tmp_path / "nllb"), ok=False)
+    errors = {line for line in proc.stderr.splitlines() if line.startswith("error:")}
+    assert errors == {"error: --method flare-mt does not run under FSDP (its MT projection sits in a sharded layer "
+                      "but runs before that layer's forward); use DDP (examples/accelerate/ddp.yaml)"}, proc.stderr[-3000:]
+    assert "]: Traceback" not in proc.stderr and not (tmp_path / "out").exists()
