@@ -80,14 +80,14 @@ def args(world, out, method):
             "--logging-steps", "2", "--eval-steps", "7", "--seed", "3"]
 
 
-def run(world, out, method, nproc):
+def run(world, out, method, nproc, *extra):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     report = str(out) + ".report"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(world / "launch.py"), str(out), report, *args(world, out, method)]
+           str(world / "launch.py"), str(out), report, *args(world, out, method), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(nproc)]
@@ -159,11 +159,11 @@ def single(world, tmp_path_factory):
     """The 1-process run of a method (trained once per module), the reference for FSDP."""
     done = {}
 
-    def get(method):
-        if method not in done:
-            done[method] = tmp_path_factory.mktemp(f"single_{method}") / "out"
-            run(world, done[method], method, 1)
-        return done[method]
+    def get(method, *extra):
+        if (method, extra) not in done:
+            done[method, extra] = tmp_path_factory.mktemp(f"single_{method}") / "out"
+            run(world, done[method, extra], method, 1, *extra)
+        return done[method, extra]
 
     return get
 
@@ -178,8 +178,10 @@ def assert_same_adapter(one, two):
     return b
 
 
-@pytest.mark.parametrize("method", ["flare", "lora"])
-def test_fsdp_two_processes_train_the_adapter_of_one(world, single, tmp_path, method):
+# lora with a global batch of 16: 2 micro-batches per rank and step, so FSDP's no_sync (gradient
+# accumulation without the reduce-scatter) runs too
+@pytest.mark.parametrize("method, extra", [("flare", ()), ("lora", ("--batch-size", "16"))])
+def test_fsdp_two_processes_train_the_adapter_of_one(world, single, tmp_path, method, extra):
     import yaml
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -187,10 +189,10 @@ def test_fsdp_two_processes_train_the_adapter_of_one(world, single, tmp_path, me
     from flare_cli.flare import load_flare_model
 
     assert yaml.safe_load(FSDP_CONFIG.read_text())["fsdp_config"]["fsdp_version"] == 2
-    two, reports = run_accelerate(world, tmp_path / "two", method)
+    two, reports = run_accelerate(world, tmp_path / "two", method, *extra)
     result = json.loads((tmp_path / "two" / "train_result.json").read_text())
     assert (result["engine"], result["processes"], result["steps"]) == ("FSDP2", 2, 14)  # it really sharded
-    saved = assert_same_adapter(single(method), tmp_path / "two")
+    saved = assert_same_adapter(single(method, *extra), tmp_path / "two")
     assert len(saved) == 28  # every LoRA tensor of both layers gathered, not rank 0's shard
     for name in ("checkpoint-7", "checkpoint-14"):  # the checkpoints hold the full adapter too
         ckpt = load_file(str(tmp_path / "two" / "checkpoints" / name / "adapter_model.safetensors"))
