@@ -678,7 +678,7 @@ def _build(cfg: TrainConfig, task, dist) -> _Setup:
     from flare_cli.merge import base_fingerprint
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.flare.encoder import encoder_meta, family_defaults, model_family
-    from flare_cli.modeling import load_base_model, pick_device
+    from flare_cli.modeling import load_base_model, pick_device, resolve_dtype
 
     # Everything that can fail on bad input (data, model, adapter settings) runs before the first
     # write, so a typo never costs the run that is in the folder.
@@ -697,8 +697,11 @@ def _build(cfg: TrainConfig, task, dist) -> _Setup:
     device_map = cfg.device_map
     if dist.world_size > 1 and cfg.load_in_4bit and dist.device.type == "cuda":
         device_map = {"": dist.device.index}  # each process quantizes its own copy onto its own GPU
+    dtype = cfg.dtype
+    if dist.sharded and dtype == "auto":  # loaded on CPU, trained on dist.device: that device's dtype
+        dtype = str(resolve_dtype("auto", str(dist.device))).removeprefix("torch.")
     model, tokenizer = load_base_model(
-        cfg.base, task_adapter=cfg.task_adapter, dtype=cfg.dtype, device_map=device_map,
+        cfg.base, task_adapter=cfg.task_adapter, dtype=dtype, device_map=device_map,
         load_in_4bit=cfg.load_in_4bit, task=task,
         # FSDP: every rank loads the base on CPU and fully_shard moves only its shard to the device
         **({"device": "cpu" if dist.sharded else str(dist.device)} if dist.world_size > 1 else {}),
