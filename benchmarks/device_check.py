@@ -8,7 +8,8 @@ Sections, each printed as it finishes and gathered in --json-out:
      and peak memory ratios, tokens/s and (CUDA) MFU, with and without gradient checkpointing;
   2. end to end: the real `flare train` CLI (subprocess) for LoRA and FLARE on a small saved base,
      with --load-in-4bit (NF4, bf16 compute) where CUDA and bitsandbytes exist, else said and skipped;
-  3. FSDP / DeepSpeed: what `flare train` answers under them (refused, one line).
+  3. FSDP2: `flare train` under accelerate launch with examples/accelerate/fsdp.yaml, 2 processes (2 GPUs
+     where there are, else CPU/gloo); DeepSpeed: its one-line refusal.
 Nothing is downloaded: models are random, the tokenizer is tests/tiny_models.py's toy BPE.
 """
 
@@ -97,23 +98,48 @@ def section_end_to_end(args, cuda: bool, folder: Path) -> dict:
     return results
 
 
-def section_sharded() -> dict:
-    from flare_cli.distributed import refuse_sharded_engines
+def section_sharded(args, folder: Path) -> dict:
+    """FSDP2: the real CLI under `accelerate launch --config_file examples/accelerate/fsdp.yaml` with
+    2 processes on the small base of section 2: on 2 GPUs where there are, else on CPU (gloo; one
+    GPU cannot hold 2 NCCL ranks). DeepSpeed: the one-line refusal."""
+    import torch
+
+    from flare_cli.distributed import check_engine_settings
     from flare_cli.errors import ConfigError
 
-    results = {}
-    for engine, variable in (("fsdp", "ACCELERATE_USE_FSDP"), ("deepspeed", "ACCELERATE_USE_DEEPSPEED")):
-        old = os.environ.get(variable)
-        os.environ[variable] = "true"
-        try:
-            refuse_sharded_engines()
-            results[engine] = "accepted"
-        except ConfigError as err:
-            results[engine] = f"refused: {err}"
-        finally:
-            os.environ.pop(variable) if old is None else os.environ.__setitem__(variable, old)
-        print(f"{engine}: {results[engine]}")
-    return results
+    gpus = torch.cuda.device_count()
+    device = "cuda" if gpus >= 2 else "cpu"
+    out = folder / "out-fsdp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "examples" / "accelerate" / "fsdp.yaml"), "--num_processes", "2", "--main_process_port", "0",
+           "-m", "flare_cli", "train", "--base", str(folder / "base"), "-o", str(out), "--task", "qa", "--lang", "sw",
+           "--method", "flare", "--data", str(folder / "train.jsonl"), "--batch-size", "8", "--micro-batch-size", "4",
+           "--max-steps", str(args.e2e_steps), "--logging-steps", "1", "--lr", "1e-3", "--json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")] or proc.stderr.splitlines()
+        fsdp = {"ok": False, "device": device, "error": (errors or ["?"])[-1]}
+    else:
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        fsdp = {"ok": True, "device": device, "engine": summary["engine"], "processes": summary["processes"],
+                "steps": summary["steps"], "train_loss": summary["train_loss"],
+                "seconds": round(time.perf_counter() - start, 1)}
+    print(f"fsdp: {fsdp}")
+    old = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        check_engine_settings()
+        deepspeed = "accepted"
+    except ConfigError as err:
+        deepspeed = f"refused: {err}"
+    finally:
+        os.environ.pop("ACCELERATE_USE_DEEPSPEED") if old is None else os.environ.__setitem__("ACCELERATE_USE_DEEPSPEED", old)
+    print(f"deepspeed: {deepspeed}")
+    return {"fsdp": fsdp, "deepspeed": deepspeed}
 
 
 def main(argv=None) -> dict:
@@ -135,7 +161,7 @@ def main(argv=None) -> dict:
     report["speed"] = section_speed(args, cuda)
     with tempfile.TemporaryDirectory(prefix="flare-device-check-") as tmp:
         report["end_to_end"] = section_end_to_end(args, cuda, Path(tmp))
-    report["sharded"] = section_sharded()
+        report["sharded"] = section_sharded(args, Path(tmp))
     report["seconds"] = round(time.perf_counter() - start, 1)
     print(f"device check done in {report['seconds']}s")
     if args.json_out:

@@ -271,6 +271,8 @@ class TrainResult:
     resumed_from: Optional[int]
     elapsed_s: float
     already_complete: bool = False
+    engine: str = "single"  # single | DDP | FSDP2 (flare_cli/distributed.py), with `processes` ranks
+    processes: int = 1
     truncation: Optional[dict] = None  # encode.truncation_report of the training rows
     log: list[dict] = field(default_factory=list, repr=False)
 
@@ -399,15 +401,19 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]), reverse=True)
 
 
-def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit: int) -> Path:
+def _save_checkpoint(model, optimizer, scheduler, state: dict, out: Path, limit: int, dist) -> Optional[Path]:
+    """Every rank calls this (FSDP gathers the adapter and optimizer shards); rank 0 writes."""
     import torch
 
+    adapter, optimizer_state = dist.adapter_state_dict(model), dist.optimizer_state_dict(optimizer)
+    if not dist.is_main:
+        return None
     ckpt_root = out / "checkpoints"
     ckpt = ckpt_root / f"checkpoint-{state['step']}"
     tmp = ckpt_root / f".tmp-checkpoint-{state['step']}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    model.save_pretrained(tmp, **({"state_dict": adapter} if adapter is not None else {}))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}, tmp / "rng.pt")
     give_usual_modes(tmp)  # safetensors writes 0600 files
@@ -446,14 +452,13 @@ def _read_checkpoint(ckpt: Path) -> dict:
         raise _UnusableCheckpoint(text[0] if text else type(err).__name__) from None
 
 
-def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path) -> dict:
+def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path, dist) -> dict:
     import torch
-    from peft import set_peft_model_state_dict
 
     saved = _read_checkpoint(ckpt)
     try:
-        set_peft_model_state_dict(fm.peft_model, saved["adapter"])
-        optimizer.load_state_dict(saved["optimizer"])
+        dist.load_adapter_state_dict(fm, saved["adapter"])
+        dist.load_optimizer_state_dict(optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
     except (RuntimeError, ValueError, KeyError) as err:
         raise _UnusableCheckpoint(str(err).strip().splitlines()[0]) from None
@@ -462,21 +467,21 @@ def _load_checkpoint(fm, optimizer, scheduler, ckpt: Path) -> dict:
     return saved["state"]
 
 
-def _resume(fm, optimizer, scheduler, out: Path, on_log: Callable[[dict], None],
+def _resume(fm, optimizer, scheduler, out: Path, dist, on_log: Callable[[dict], None],
             only: Optional[Path] = None) -> Optional[dict]:
     """Load the newest checkpoint that reads back; a damaged one (a disk error, a kill the OS did
     not flush) is skipped, and said so, in favour of the one before it. ``only`` (from
     --resume-from-checkpoint): that checkpoint or a one-line error, no fallback."""
     if only is not None:
         try:
-            state = _load_checkpoint(fm, optimizer, scheduler, only)
+            state = _load_checkpoint(fm, optimizer, scheduler, only, dist)
         except _UnusableCheckpoint as err:
             raise ModelError(f"--resume-from-checkpoint {only}: unreadable ({err})") from None
         on_log({"event": "resume", "step": state["step"], "checkpoint": str(only)})
         return state
     for ckpt in _checkpoints(out):
         try:
-            state = _load_checkpoint(fm, optimizer, scheduler, ckpt)
+            state = _load_checkpoint(fm, optimizer, scheduler, ckpt, dist)
         except _UnusableCheckpoint as err:
             on_log({"event": "skip_checkpoint", "checkpoint": str(ckpt), "reason": str(err)})
             continue
@@ -647,14 +652,33 @@ def run(cfg: TrainConfig, on_log: Optional[Callable[[dict], None]] = None) -> Tr
             raise
 
 
-def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], None]) -> TrainResult:
+@dataclass
+class _Setup:
+    """What a run trains with, all built before the first write (a typo never costs the run in the folder)."""
+
+    fm: Any  # the FlareModel (saved, resumed)
+    wrapped: Any  # what forwards go through: fm, its DDP wrapper, or fm sharded in place (FSDP2)
+    optimizer: Any
+    scheduler: Any
+    params: list  # the trainable parameters as the engine holds them (clipping)
+    tokenizer: Any
+    device: Any
+    examples: list
+    val_examples: list
+    truncation: dict
+    accum: int  # micro-batches per optimizer step (all ranks together)
+    micro_per_epoch: int
+    total_steps: int
+
+
+def _build(cfg: TrainConfig, task, dist) -> _Setup:
     from transformers import get_scheduler
 
-    from flare_cli.encode import build_examples, collate, truncation_meta, truncation_report
+    from flare_cli.encode import build_examples, truncation_meta, truncation_report
     from flare_cli.merge import base_fingerprint
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.flare.encoder import encoder_meta, family_defaults, model_family
-    from flare_cli.modeling import load_base_model, pick_device
+    from flare_cli.modeling import load_base_model, pick_device, resolve_dtype
 
     # Everything that can fail on bad input (data, model, adapter settings) runs before the first
     # write, so a typo never costs the run that is in the folder.
@@ -663,13 +687,24 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     if not rows:
         raise DataError(f"{cfg.data or task.hub_id or cfg.task}: no training rows")
     _seed_everything(cfg.seed)
+    if dist.sharded and method_of(cfg.method).reads_mt:
+        raise ConfigError("--method flare-mt does not run under FSDP (its MT projection sits in a sharded layer but "
+                          "runs before that layer's forward); use DDP (examples/accelerate/ddp.yaml)")
+    if dist.sharded and cfg.load_in_4bit:
+        raise ConfigError("--load-in-4bit does not run under FSDP in flare train; use DDP "
+                          "(examples/accelerate/ddp.yaml), each process holding its own 4-bit base")
     device = dist.device or (pick_device() if not cfg.device_map else None)
     device_map = cfg.device_map
     if dist.world_size > 1 and cfg.load_in_4bit and dist.device.type == "cuda":
         device_map = {"": dist.device.index}  # each process quantizes its own copy onto its own GPU
+    dtype = cfg.dtype
+    if dist.sharded and dtype == "auto":  # loaded on CPU, trained on dist.device: that device's dtype
+        dtype = str(resolve_dtype("auto", str(dist.device))).removeprefix("torch.")
     model, tokenizer = load_base_model(
-        cfg.base, task_adapter=cfg.task_adapter, dtype=cfg.dtype, device_map=device_map,
-        load_in_4bit=cfg.load_in_4bit, **({"device": str(dist.device)} if dist.world_size > 1 else {}), task=task,
+        cfg.base, task_adapter=cfg.task_adapter, dtype=dtype, device_map=device_map,
+        load_in_4bit=cfg.load_in_4bit, task=task,
+        # FSDP: every rank loads the base on CPU and fully_shard moves only its shard to the device
+        **({"device": "cpu" if dist.sharded else str(dist.device)} if dist.world_size > 1 else {}),
     )
     family = model_family(model.config)  # encoders (XLM-R) load with their task head; flare/encoder.py
     defaults = family_defaults(family)
@@ -705,7 +740,6 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
         fm.gradient_checkpointing_enable()  # each recomputed layer gets its own forward's pivot back
     device = device or next(fm.parameters()).device
     fm.train()
-    wrapped = dist.wrap(fm)  # what training forwards go through: fm itself, or its DDP/FSDP wrapper
 
     mt = {"mt_encoder": mt_encoder, "lang": cfg.lang} if mt_encoder is not None else {}
     examples = build_examples(tokenizer, task, rows, cfg.method, cfg.max_length, family=family, **mt)
@@ -716,120 +750,133 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
     micro_per_epoch = math.ceil(len(examples) / cfg.micro_batch_size)
     steps_per_epoch = max(1, micro_per_epoch // accum)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+    optimizer = build_optimizer(cfg, [p for p in fm.parameters() if p.requires_grad])
+    # what training forwards go through: fm itself, its DDP wrapper, or fm sharded in place (FSDP2,
+    # which also moves the optimizer onto the shards)
+    wrapped, optimizer = dist.prepare(fm, optimizer)
     params = [p for p in wrapped.parameters() if p.requires_grad]
-    optimizer = build_optimizer(cfg, params)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
+    return _Setup(fm=fm, wrapped=wrapped, optimizer=optimizer, scheduler=scheduler, params=params,
+                  tokenizer=tokenizer, device=device, examples=examples, val_examples=val_examples,
+                  truncation=truncation, accum=accum, micro_per_epoch=micro_per_epoch, total_steps=total_steps)
 
+
+class _RunLog:
+    """The one writer of what a run reports: trainer_log.jsonl, the --report-to trackers and the
+    CLI's on_log. Rank 0 only; on other ranks every method does nothing."""
+
+    def __init__(self, cfg: TrainConfig, dist, out: Path, on_log: Callable[[dict], None]) -> None:
+        self.cfg, self.out, self.path = cfg, out, out / LOG_NAME
+        self.active = dist.is_main
+        self.on_log = on_log if self.active else (lambda record: None)
+        self.trackers: list = []
+
+    def start_trackers(self) -> None:
+        if self.active:
+            self.trackers = start_trackers(self.cfg, self.out)
+
+    def event(self, record: dict) -> None:
+        """For the CLI only (progress, resume, overwrite): not in trainer_log.jsonl."""
+        self.on_log(record)
+
+    def record(self, record: dict) -> None:
+        if not self.active:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        scalars = {k: record[k] for k in TRACKED if k in record}
+        for tracker in self.trackers if scalars and "step" in record else ():
+            tracker.log({f"train/{k}" if k != "eval_loss" else "eval/loss": v for k, v in scalars.items()},
+                        step=record["step"])
+        self.on_log(record)
+
+    def restart(self, resumed_step: Optional[int]) -> None:
+        """A resumed run keeps the records up to its step; a fresh one starts an empty log."""
+        if not self.active:
+            return
+        if resumed_step is not None:
+            _truncate_log(self.path, resumed_step)
+        else:
+            self.path.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
+
+
+def _start_output(cfg: TrainConfig, dist, out: Path, setup: _Setup, log: _RunLog) -> tuple[dict, Optional[int]]:
+    """--overwrite's removal and the saved config (rank 0), then the newest usable checkpoint loaded
+    on every rank. Returns (the training state to go on from: step, micro, best, ...; the step
+    resumed from, None for a fresh start)."""
     if dist.is_main and cfg.overwrite:
         removed = _remove_previous_run(out)
         if removed:
-            on_log({"event": "overwrite", "removed": removed})
+            log.event({"event": "overwrite", "removed": removed})
     dist.barrier()  # rank 0 has removed the old run (--overwrite) before anyone looks for checkpoints
     if dist.is_main:
         atomic_write_text(out / CONFIG_NAME, f"# flare train -c {CONFIG_NAME}\n{dump_yaml(public_dict(cfg))}")
-    state = {"step": 0, "micro": 0, "best_loss": None, "best_step": None, "train_loss": None}
-    resumed = _resume(fm, optimizer, scheduler, out, on_log if dist.is_main else (lambda record: None),
+    resumed = _resume(setup.fm, setup.optimizer, setup.scheduler, out, dist, log.event,
                       only=Path(cfg.resume_from_checkpoint) if cfg.resume_from_checkpoint else None)
-    resumed_from = None
     if resumed is not None:
-        state = resumed
-        resumed_from = state["step"]
-        if dist.is_main:
-            _truncate_log(out / LOG_NAME, state["step"])
-    elif dist.is_main:
-        (out / LOG_NAME).unlink(missing_ok=True)
-    eval_every = cfg.eval_steps or max(1, total_steps // 4)
-    save_every = cfg.save_steps or eval_every
-    log_path = out / LOG_NAME
-    start = time.time()
-    start_step = state["step"]
-    running, running_n = 0.0, 0
-    pad_id = tokenizer.pad_token_id
+        log.restart(resumed["step"])
+        return resumed, resumed["step"]
+    log.restart(None)
+    return {"step": 0, "micro": 0, "best_loss": None, "best_step": None, "train_loss": None}, None
 
-    trackers = start_trackers(cfg, out) if dist.is_main else []
 
-    def log(record: dict) -> None:
-        if not dist.is_main:
-            return
-        with log_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        scalars = {k: record[k] for k in TRACKED if k in record}
-        for tracker in trackers if scalars and "step" in record else ():
-            tracker.log({f"train/{k}" if k != "eval_loss" else "eval/loss": v for k, v in scalars.items()},
-                        step=record["step"])
-        on_log(record)
+def _optimizer_step(cfg: TrainConfig, setup: _Setup, dist, micro: int) -> tuple[int, float, int]:
+    """One optimizer step over the accumulation group that starts at global micro-batch ``micro``.
+    Returns (the next group's first micro-batch, the sum of this rank's micro-batch losses, their count)."""
+    from flare_cli.encode import collate
 
-    if truncation["n_truncated"] and resumed_from is None:
-        log({"event": "truncation", **truncation})
-    micro = state["micro"]
-    world = dist.world_size
+    # Each rank takes every world-th micro-batch of the group; DDP/FSDP average the ranks'
+    # gradients, hence the factor `world` below.
+    world, fm, wrapped = dist.world_size, setup.fm, setup.wrapped
+    group = _accumulation_group(micro, setup.accum, setup.micro_per_epoch)
+    mine = group[dist.rank :: world]
+    rounds = math.ceil(len(group) / world)
+    loss_sum, n = 0.0, 0
+    for k in range(rounds):
+        # at an epoch's ragged end a rank may be short: it runs a zero-weight micro-batch so
+        # that every rank takes part in the (collective) gradient all-reduce
+        g = mine[k] if k < len(mine) else group[0]
+        epoch, offset = divmod(g, setup.micro_per_epoch)
+        order = _epoch_order(len(setup.examples), cfg.seed, epoch)
+        chunk = order[offset * cfg.micro_batch_size : (offset + 1) * cfg.micro_batch_size]
+        batch = _model_inputs(collate([setup.examples[i] for i in chunk], setup.tokenizer.pad_token_id), setup.device)
+        with dist.no_sync(wrapped) if k < rounds - 1 else contextlib.nullcontext():
+            loss = wrapped(**batch).loss
+            (loss * world / setup.accum if k < len(mine) else loss * 0.0).backward()
+        fm.release()  # the pivot states are spent once backward is done: free them before the next step
+        if k < len(mine):
+            loss_sum += loss.item()
+            n += 1
+    if cfg.max_grad_norm > 0:
+        dist.clip_grad_norm_(wrapped, setup.params, cfg.max_grad_norm)
+    setup.optimizer.step()
+    setup.scheduler.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+    return group[-1] + 1, loss_sum, n
+
+
+def _validate(cfg: TrainConfig, setup: _Setup, dist, state: dict, log: _RunLog) -> bool:
+    """The validation loss at ``state["step"]``: keeps the best step, counts validations without
+    improvement; True when --early-stopping-patience says stop."""
+    vloss = validation_loss(setup.wrapped, setup.val_examples, setup.tokenizer.pad_token_id, cfg.micro_batch_size,
+                            setup.device, dist)
+    improved = state["best_loss"] is None or vloss < state["best_loss"]
+    if improved:
+        state["best_loss"], state["best_step"] = vloss, state["step"]
+    state["evals_without_improvement"] = 0 if improved else state.get("evals_without_improvement", 0) + 1
+    log.record({"step": state["step"], "eval_loss": round(vloss, 6), "best": improved})
     patience = cfg.early_stopping_patience
-    while state["step"] < total_steps and not (patience and state.get("evals_without_improvement", 0) >= patience):
-        # One optimizer step = one group of micro-batches (global indices). Each rank takes every
-        # world-th of them; DDP averages the ranks' gradients, hence the factor `world` below.
-        group = _accumulation_group(micro, accum, micro_per_epoch)
-        mine = group[dist.rank :: world]
-        rounds = math.ceil(len(group) / world)
-        for k in range(rounds):
-            # at an epoch's ragged end a rank may be short: it runs a zero-weight micro-batch so
-            # that every rank takes part in the (collective) gradient all-reduce
-            g = mine[k] if k < len(mine) else group[0]
-            epoch, offset = divmod(g, micro_per_epoch)
-            order = _epoch_order(len(examples), cfg.seed, epoch)
-            chunk = order[offset * cfg.micro_batch_size : (offset + 1) * cfg.micro_batch_size]
-            batch = _model_inputs(collate([examples[i] for i in chunk], pad_id), device)
-            with dist.no_sync(wrapped) if k < rounds - 1 else contextlib.nullcontext():
-                loss = wrapped(**batch).loss
-                (loss * world / accum if k < len(mine) else loss * 0.0).backward()
-            fm.release()  # the pivot states are spent once backward is done: free them before the next step
-            if k < len(mine):
-                running += loss.item()
-                running_n += 1
-        micro = group[-1] + 1
-        if cfg.max_grad_norm > 0:
-            dist.clip_grad_norm_(wrapped, params, cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        state["micro"] = micro
-        step = state["step"]
-        if dist.is_main:
-            on_log({"event": "progress", "step": step, "total_steps": total_steps})  # the CLI's bar; not logged
-        if step % cfg.logging_steps == 0 or step == total_steps:
-            elapsed = time.time() - start
-            rate = elapsed / max(step - start_step, 1)
-            if world > 1:
-                running, running_n = dist.sum(running, running_n)
-            state["train_loss"] = running / running_n
-            log({"step": step, "loss": round(state["train_loss"], 6), "lr": scheduler.get_last_lr()[0],
-                 "epoch": round(micro / micro_per_epoch, 4), "elapsed": round(elapsed, 2),
-                 "eta": round(rate * (total_steps - step), 2), "total_steps": total_steps})
-            running, running_n = 0.0, 0
-        stop = False
-        if val_examples and (step % eval_every == 0 or step == total_steps):
-            vloss = validation_loss(wrapped, val_examples, pad_id, cfg.micro_batch_size, device, dist)
-            improved = state["best_loss"] is None or vloss < state["best_loss"]
-            if improved:
-                state["best_loss"], state["best_step"] = vloss, step
-            state["evals_without_improvement"] = 0 if improved else state.get("evals_without_improvement", 0) + 1
-            log({"step": step, "eval_loss": round(vloss, 6), "best": improved})
-            stop = patience is not None and state["evals_without_improvement"] >= patience
-        if dist.is_main and (step % save_every == 0 or step == total_steps or stop):
-            _save_checkpoint(fm, optimizer, scheduler, dict(state), out, cfg.save_total_limit)
-        if stop:
-            log({"event": "early_stop", "step": step, "best_step": state["best_step"], "patience": patience})
-            break
+    return patience is not None and state["evals_without_improvement"] >= patience
 
-    for tracker in trackers:
-        tracker.finish()
-    result = TrainResult(
-        output_dir=str(out), method=cfg.method, steps=state["step"], epochs=round(micro / micro_per_epoch, 4),
-        train_loss=state["train_loss"] if state["train_loss"] is not None else float("nan"),
-        best_validation_loss=state["best_loss"], best_step=state["best_step"], resumed_from=resumed_from,
-        elapsed_s=round(time.time() - start, 2), truncation=truncation,
-    )
+
+def _write_result(dist, out: Path, tokenizer, state: dict, result: TrainResult) -> None:
+    """Rank 0: the best checkpoint's adapter, the tokenizer, then train_result.json (last: it marks
+    the run finished); every rank returns once that is on disk."""
     if dist.is_main:
         final = out / "checkpoints" / f"checkpoint-{state['best_step'] or state['step']}"
         for name in ADAPTER_FILES:
@@ -839,5 +886,55 @@ def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], Non
         # what this run wrote besides OWN_FILES, so that --overwrite removes exactly these
         record["files"] = sorted(set(ADAPTER_FILES) | {Path(f).name for f in saved if Path(f).parent == out})
         atomic_write_text(out / RESULT_NAME, json.dumps(record, indent=2))
-    dist.barrier()  # every rank returns once the run is complete on disk
+    dist.barrier()
+
+
+def _train(cfg: TrainConfig, task, dist, out: Path, on_log: Callable[[dict], None]) -> TrainResult:
+    setup = _build(cfg, task, dist)
+    log = _RunLog(cfg, dist, out, on_log)
+    state, resumed_from = _start_output(cfg, dist, out, setup, log)
+    total_steps = setup.total_steps
+    eval_every = cfg.eval_steps or max(1, total_steps // 4)
+    save_every = cfg.save_steps or eval_every
+    start, start_step = time.time(), state["step"]
+    running, running_n = 0.0, 0
+    log.start_trackers()
+    if setup.truncation["n_truncated"] and resumed_from is None:
+        log.record({"event": "truncation", **setup.truncation})
+    micro = state["micro"]
+    patience = cfg.early_stopping_patience
+    while state["step"] < total_steps and not (patience and state.get("evals_without_improvement", 0) >= patience):
+        micro, loss_sum, n = _optimizer_step(cfg, setup, dist, micro)
+        running, running_n = running + loss_sum, running_n + n
+        state["step"] += 1
+        state["micro"] = micro
+        step = state["step"]
+        log.event({"event": "progress", "step": step, "total_steps": total_steps})  # the CLI's bar; not logged
+        if step % cfg.logging_steps == 0 or step == total_steps:
+            elapsed = time.time() - start
+            rate = elapsed / max(step - start_step, 1)
+            if dist.world_size > 1:
+                running, running_n = dist.sum(running, running_n)
+            state["train_loss"] = running / running_n
+            log.record({"step": step, "loss": round(state["train_loss"], 6), "lr": setup.scheduler.get_last_lr()[0],
+                        "epoch": round(micro / setup.micro_per_epoch, 4), "elapsed": round(elapsed, 2),
+                        "eta": round(rate * (total_steps - step), 2), "total_steps": total_steps})
+            running, running_n = 0.0, 0
+        stop = bool(setup.val_examples) and (step % eval_every == 0 or step == total_steps) and \
+            _validate(cfg, setup, dist, state, log)
+        if step % save_every == 0 or step == total_steps or stop:
+            _save_checkpoint(setup.fm, setup.optimizer, setup.scheduler, dict(state), out, cfg.save_total_limit, dist)
+        if stop:
+            log.record({"event": "early_stop", "step": step, "best_step": state["best_step"], "patience": patience})
+            break
+
+    log.finish()
+    result = TrainResult(
+        output_dir=str(out), method=cfg.method, steps=state["step"], epochs=round(micro / setup.micro_per_epoch, 4),
+        train_loss=state["train_loss"] if state["train_loss"] is not None else float("nan"),
+        best_validation_loss=state["best_loss"], best_step=state["best_step"], resumed_from=resumed_from,
+        elapsed_s=round(time.time() - start, 2), truncation=setup.truncation, engine=dist.name,
+        processes=dist.world_size,
+    )
+    _write_result(dist, out, setup.tokenizer, state, result)
     return result

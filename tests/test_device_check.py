@@ -24,6 +24,7 @@ def test_device_check_tiny_preset_runs_every_section(tmp_path, capsys):
     e2e = report["end_to_end"]
     assert e2e["lora"]["ok"] and e2e["flare"]["ok"] and e2e["lora"]["steps"] == e2e["flare"]["steps"] == 2
     assert e2e["4bit"].startswith("skipped") or e2e["4bit"] == "ran"
-    for engine in ("fsdp", "deepspeed"):
-        assert report["sharded"][engine].startswith("refused: flare train does not run under")
+    fsdp = report["sharded"]["fsdp"]
+    assert fsdp["ok"] and (fsdp["engine"], fsdp["processes"], fsdp["steps"]) == ("FSDP2", 2, 2), fsdp
+    assert report["sharded"]["deepspeed"].startswith("refused: flare train does not run under DeepSpeed")
     assert "device check done" in capsys.readouterr().out

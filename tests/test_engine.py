@@ -252,14 +252,23 @@ def test_progress_bar_on_a_terminal_lines_in_a_pipe(monkeypatch, terminal):
 
 
 # ------------------------------------------------------------------------- FSDP / DeepSpeed
-@pytest.mark.parametrize("variable, engine", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
-def test_sharded_engines_are_refused_in_one_line(world, tmp_path, variable, engine):
-    # what `accelerate launch --config_file examples/accelerate/{fsdp,deepspeed_zero*}.yaml` sets
-    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", variable: "true"}
+# (FSDP2 itself trains in tests/test_distributed.py; these are the settings refused before accelerate starts)
+FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "flare train does not run under DeepSpeed ("),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "flare train runs FSDP2 only; the accelerate config asks for fsdp_version 1"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "flare train runs FSDP2 only"),  # accelerate's default version is 1
+    ({**FSDP2, "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, "fsdp_cpu_ram_efficient_loading: true is not supported"),
+    ({**FSDP2, "FSDP_ACTIVATION_CHECKPOINTING": "true"}, "fsdp_activation_checkpointing: true is not supported"),
+])
+def test_sharded_settings_flare_cannot_run_are_refused_in_one_line(world, tmp_path, settings, message):
+    # what `accelerate launch` puts in the environment for such a config
+    env = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", **settings}
     result = invoke(argv(world, tmp_path / "out"), env=env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2 and lines == [lines[0]] and \
-        lines[0].startswith(f"error: flare train does not run under {engine} yet"), result.output
+    assert result.exit_code == 2 and lines == [lines[0]] and lines[0].startswith(f"error: {message}"), result.output
     assert not (tmp_path / "out").exists()
 
 
@@ -267,6 +276,11 @@ def test_example_accelerate_configs_say_their_status():
     root = Path(__file__).resolve().parent.parent / "examples" / "accelerate"
     import yaml
 
-    for name, kind in (("fsdp.yaml", "FSDP"), ("deepspeed_zero2.yaml", "DEEPSPEED"), ("deepspeed_zero3.yaml", "DEEPSPEED")):
+    fsdp = yaml.safe_load((root / "fsdp.yaml").read_text())
+    assert fsdp["distributed_type"] == "FSDP" and "REFUSED" not in (root / "fsdp.yaml").read_text()
+    assert fsdp["fsdp_config"]["fsdp_version"] == 2  # the settings flare train accepts
+    assert fsdp["fsdp_config"]["fsdp_cpu_ram_efficient_loading"] is False
+    assert fsdp["fsdp_config"]["fsdp_activation_checkpointing"] is False
+    for name in ("deepspeed_zero2.yaml", "deepspeed_zero3.yaml"):
         text = (root / name).read_text()
-        assert "STATUS: REFUSED" in text and yaml.safe_load(text)["distributed_type"] == kind
+        assert "STATUS: REFUSED" in text and yaml.safe_load(text)["distributed_type"] == "DEEPSPEED"

@@ -236,6 +236,39 @@ def test_source_pass_skips_lm_head_and_later_layers():
     assert calls == ["layer0"]  # layer 1's input is layer 0's output; layer 1 itself never runs
 
 
+
+def test_source_pass_stops_before_hooks_already_on_the_layer():
+    # FSDP2 (fully_shard) puts a pre-hook on every layer that gathers its shard; the pivot pass
+    # must stop before that hook on the layer it does not run, or the layer is left gathered
+    # with its adapter frozen (then its LoRA weights get no gradient under FSDP)
+    base = tiny_causal_lm("llama", layers=4)
+    fm = get_flare_model(base, FlareConfig(fused_layers=[0, 1]))
+    gathered = []
+    hooks = [layer.register_forward_pre_hook(lambda *a, i=i: gathered.append(i))
+             for i, layer in enumerate(base.model.layers)]
+    _, _, piv, pmask = batch()
+    states = fm.encode_pivot(piv, pmask)
+    for h in hooks:
+        h.remove()
+    assert sorted(states) == [0, 1] and gathered == [0]
+
+
+def test_source_norm_states_are_each_layers_input_norm_and_the_pass_stops_after_the_last():
+    base = tiny_causal_lm("llama", layers=4)
+    fm = get_flare_model(base, FlareConfig(fused_layers=[0, 2], source_norm=True))
+    ran = []
+    hooks = [layer.register_forward_pre_hook(lambda *a, i=i: ran.append(i)) for i, layer in enumerate(base.model.layers)]
+    _, _, piv, pmask = batch()
+    states = fm.encode_pivot(piv, pmask)
+    for h in hooks:
+        h.remove()
+    assert ran == [0, 1, 2]  # the last fused layer runs (its norm's weights), the one after it does not
+    with torch.no_grad(), fm.peft_model.disable_adapter():
+        hidden = base(input_ids=piv, attention_mask=pmask, position_ids=positions_from_mask(pmask),
+                      output_hidden_states=True).hidden_states
+        for i in (0, 2):
+            torch.testing.assert_close(states[i], base.model.layers[i].input_layernorm(hidden[i]))
+
 def grads(fm, ids, mask, piv, pmask, **kw):
     fm.zero_grad(set_to_none=True)
     out = fm(ids, mask, labels=ids.masked_fill(mask == 0, -100), pivot_input_ids=piv, pivot_attention_mask=pmask, **kw)

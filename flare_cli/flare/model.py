@@ -496,6 +496,8 @@ class FlareModel(nn.Module):
         if not self._fused_layers:
             return {}
         with self.peft_model.disable_adapter():
+            # under FSDP2 this runs inside the sharded model's own forward: each layer gathers
+            # its shard as usual (flare_cli/flare/pivot.py stops before gathering one too many)
             return capture_layer_inputs(
                 self.base_model,
                 find_decoder_layers(self.base_model),

@@ -60,29 +60,43 @@ def capture_layer_inputs(
     """Run ``model`` on the pivot and return {layer index: hidden state entering it} (B, Ls, d).
 
     ``model`` is called as is: the caller disables adapters. The pass stops as soon as the last
-    wanted layer's input is captured: that layer, the ones after it and the LM head never run.
+    wanted layer's input is captured: that layer, the ones after it and the LM head never run
+    (with ``source_norm`` the last wanted layer runs, its input norm needs its weights).
+
+    The stop is a pre-hook put *first* on its layer (``prepend``), so it fires before any hook that
+    FSDP or accelerate placed there: a sharded layer that is never run is never gathered, and no
+    FSDP unit is left half-way through its forward (gathered, adapters frozen) by the stop.
     """
     wanted = sorted(set(wanted))
     captured: dict[int, torch.Tensor] = {}
     handles = []
+    # without source_norm the last wanted layer's input is taken by the stop hook itself
+    stop_at = wanted[-1] + 1 if source_norm else wanted[-1]
+
+    def capture(index: int, module: nn.Module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if source_norm:
+            norm = _layer_input_norm(module)
+            if norm is None:
+                raise PivotError(f"source_norm: layer {index} has no input norm")
+            hidden = norm(hidden)
+        captured[index] = hidden
 
     def make_hook(index: int):
         def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if source_norm:
-                norm = _layer_input_norm(module)
-                if norm is None:
-                    raise PivotError(f"source_norm: layer {index} has no input norm")
-                hidden = norm(hidden)
-            captured[index] = hidden
-            if index == wanted[-1]:
-                raise _StopSourcePass  # the last input we need: this layer and the rest never run
+            if index in wanted and index not in captured:
+                capture(index, module, args, kwargs)
+            if index == stop_at:
+                raise _StopSourcePass  # everything we need is captured: this layer and the rest never run
             return None
 
         return hook
 
     for index in wanted:
-        handles.append(layers[index].register_forward_pre_hook(make_hook(index), with_kwargs=True))
+        if index != stop_at:
+            handles.append(layers[index].register_forward_pre_hook(make_hook(index), with_kwargs=True))
+    if stop_at < len(layers):
+        handles.append(layers[stop_at].register_forward_pre_hook(make_hook(stop_at), with_kwargs=True, prepend=True))
     try:
         from flare_cli.flare.encoder import encoder_body, is_encoder
 
