@@ -30,6 +30,10 @@ class Mix:
     english_qa: float = 0.30
     english_nli: float = 0.05
     english_sentiment: float = 0.05
+    # Instruction tuning (English only, after pretraining): shares of each task's prompts.
+    instruct_qa: float = 0.7
+    instruct_nli: float = 0.15
+    instruct_sentiment: float = 0.15
 
 
 def plain_sentences(rng: random.Random, renderer: Renderer, lang: str) -> list[str]:
@@ -79,6 +83,18 @@ def pretraining_document(rng: random.Random, renderer: Renderer, mix: Mix) -> st
             return formatted(task, render(DRAW[task](rng), task, renderer, "en"))
         roll -= share
     return " ".join(plain_sentences(rng, renderer, "en"))
+
+
+def instruction_examples(seed: int, renderer: Renderer, mix: Mix) -> Iterator[tuple[str, str]]:
+    """English (prompt, answer) pairs of the three tasks, for the base's instruction tuning."""
+    rng = random.Random(f"instruct-{seed}")
+    tasks = ("qa", "nli", "sentiment")
+    weights = (mix.instruct_qa, mix.instruct_nli, mix.instruct_sentiment)
+    while True:
+        task = rng.choices(tasks, weights)[0]
+        fields = render(DRAW[task](rng), task, renderer, "en")
+        prompt = TEMPLATES[task].format(**{k: fields[k] for k in INPUT_FIELDS[task]})
+        yield prompt, ANSWER_PREFIX + (fields["answer"] if task == "qa" else fields["label"])
 
 
 def pretraining_documents(seed: int, renderer: Renderer, mix: Mix) -> Iterator[str]:
