@@ -310,6 +310,8 @@ def translate(
             f"{q['signatures']['chrf++']})")
     if result.projection_failed:
         what = "dropped" if on_projection_failure == "drop" else "kept with answer_start null"
+        if result.empty_answers_dropped:
+            what += f"; {result.empty_answers_dropped} whose answer the MT left empty dropped"
         console.print(
             f"[yellow]warning:[/] {result.projection_failed} rows failed answer projection ({what}); "
             f"first ids: {', '.join(result.projection_failed_ids[:5])}",

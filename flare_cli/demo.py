@@ -397,6 +397,8 @@ def _translate(src: Path, cfg, n_rows: Optional[int], reporter: Reporter, state:
 
     result = translate.run(cfg, progress=Sink())
     failed = f", {result.projection_failed} answers not projected" if result.projection_failed else ""
+    if result.empty_answers_dropped:
+        failed += f" ({result.empty_answers_dropped} rows dropped: empty translated answer)"
     quality = ""
     if result.quality:
         state["mt_quality"] = _pooled_quality(cfg, result.quality)
