@@ -1,13 +1,13 @@
 """Quality benchmark on the toy world: FLARE against its baselines over several seeds.
 
     python benchmarks/quality.py --task qa --seeds 0 1 2 --pivots mt gold noisy    # the main QA table
-    python benchmarks/quality.py --task qa --seeds 0 1 2 --mt-pairs 500            # another MT level
+    python benchmarks/quality.py --task qa --seeds 0 1 2 --mt-confusion 0.2        # another MT level
     python benchmarks/quality.py --task nli --seeds 0 1 2                          # nli, sentiment alike
     python benchmarks/quality.py --task qa --seeds 0 1 2 --variants flare-layers-half flare-layers-quarter
     python benchmarks/quality.py --report          # docs/results.md and its plots from docs/results/*.json
     python benchmarks/quality.py --quick --seeds 0 # smoke run of the script itself
 
-Each run adds its records to docs/results/<task>-mt<pairs>.json (resumable: rerun to continue);
+Each run adds its records to docs/results/<task>-mt<confusion>.json (resumable: rerun to continue);
 `--report` renders every table and plot of docs/results.md from those files.
 
 Per seed, `flare demo` (same recipe) gives the translations, stage 1, translate-train LoRA and FLARE
@@ -54,8 +54,8 @@ ALL_PIVOTS = ("translate-test", "input-fusion", "flare")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=["qa", "nli", "sentiment"], default="qa")
-    parser.add_argument("--mt-pairs", type=int, default=None,
-                        help="the world's MT level (parallel pairs; default: the demo world's)")
+    parser.add_argument("--mt-confusion", type=float, default=None,
+                        help="the world's MT level (share of words its MT learns wrong; default: the demo world's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default="runs/quality")
     parser.add_argument("--quick", action="store_true", help="the quick world and recipe (checks the script only)")
@@ -74,8 +74,8 @@ def main(argv=None) -> int:
         write_report(Path(args.records), ROOT / "docs" / "results.md")
         return 0
     size = "quick" if args.quick else "full"
-    level = SIZES[size].mt.pairs if args.mt_pairs is None else args.mt_pairs
-    name = f"{args.task}-mt{level}" + ("-quick" if args.quick else "")
+    level = SIZES[size].mt.confusion if args.mt_confusion is None else args.mt_confusion
+    name = f"{args.task}-mt{level:g}" + ("-quick" if args.quick else "")
     work = Path(args.workdir) / name
     records_file = Path(args.records) / f"{name}.json" if args.records else None
     records = _load(records_file).get("records", []) if records_file else []
@@ -87,12 +87,12 @@ def main(argv=None) -> int:
             shutil.copytree(first, seed_dir / "data")  # the same translations for every seed
         print(f"== {name} seed {seed}: demo pipeline", file=sys.stderr, flush=True)
         result = demo.run(demo.DemoConfig(workdir=str(seed_dir), quick=args.quick, seed=seed, task=args.task,
-                                          mt_pairs=args.mt_pairs), _Printer())
+                                          mt_confusion=args.mt_confusion), _Printer())
         fresh = run_seed(result, seed, args.quick, args.variants, args.pivots)
         keys = {(r["method"], r["seed"], r["pivots"]) for r in fresh}
         records = [r for r in records if (r["method"], r["seed"], r["pivots"]) not in keys] + fresh
         if records_file:
-            _save(records_file, {"task": args.task, "mt_pairs": level, "mt_quality": result.mt_quality,
+            _save(records_file, {"task": args.task, "mt_confusion": level, "mt_quality": result.mt_quality,
                                  "command": "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]),
                                  "records": records})
     print(f"total {time.perf_counter() - started:.0f}s", file=sys.stderr)

@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py --report      # or: python benchmarks/report.py
 
-Every table comes from docs/results/<task>-mt<pairs>.json (one file per task and MT level, the
+Every table comes from docs/results/<task>-mt<confusion>.json (one file per task and MT level, the
 command that produced it inside); the hand-written analysis below the marker is kept.
 """
 
@@ -49,7 +49,7 @@ def mt_line(run: dict) -> str:
     q = run.get("mt_quality") or {}
     if not q:
         return ""
-    return (f"Pivots of this world: its MT ({run['mt_pairs'] or 'unlimited'} parallel pairs), {q['direction']} "
+    return (f"Pivots of this world: its MT (confusing {run['mt_confusion']:.0%} of English words), {q['direction']} "
             f"chrF++ {q['chrf++']:.1f}, chrF {q['chrf']:.1f}, BLEU {q['bleu']:.1f} on the test inputs "
             f"(sacrebleu `{q['signatures']['chrf++']}`).")
 
@@ -63,7 +63,7 @@ def mt_levels(runs: list[dict], png: Path) -> str:
     """Every method at every MT level (x: the level's chrF++), as a table and a plot."""
     runs = sorted((r for r in runs if r.get("mt_quality")), key=lambda r: r["mt_quality"]["chrf++"])
     methods = [m for m in ("translate-test", "lora", "input-fusion", "flare") if any(score_of(r, m) for r in runs)]
-    head = "| method | " + " | ".join(f"chrF++ {r['mt_quality']['chrf++']:.1f} ({r['mt_pairs'] or 'all'} pairs)"
+    head = "| method | " + " | ".join(f"chrF++ {r['mt_quality']['chrf++']:.1f} (confusion {r['mt_confusion']:g})"
                                         for r in runs) + " |"
     lines = [head, "|---|" + "---:|" * len(runs)]
     for m in methods:
@@ -167,7 +167,7 @@ def write_report(records_dir: Path, out: Path) -> None:
     from flare_cli.toyworld.build import SIZES
 
     runs = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(records_dir).glob("*.json"))}
-    default = SIZES["full"].mt.pairs
+    default = f"{SIZES['full'].mt.confusion:g}"
     parts = [HEADER]
     for task in ("qa", "nli", "sentiment"):
         run = runs.get(f"{task}-mt{default}")
@@ -180,7 +180,7 @@ def write_report(records_dir: Path, out: Path) -> None:
     if len(qa_runs) > 1:
         png = out.parent / "results_mt_levels.png"
         parts.append("## QA at every MT level\n\nOne run of `python benchmarks/quality.py --task qa --seeds 0 1 2 "
-                     "--mt-pairs N` per level (the level's command is in docs/results/qa-mtN.json). Exact match, "
+                     "--mt-confusion X` per level (each level's command is in docs/results/qa-mtX.json). Exact match, "
                      f"mean ± std over seeds.\n\n{mt_levels(qa_runs, png)}\n\n![every method at every MT level]({png.name})\n")
     main = runs.get(f"qa-mt{default}")
     if main and any(r["method"] in ("flare-layers-half", "flare-layers-quarter") for r in main["records"]):

@@ -740,9 +740,9 @@ def demo(
         None, "--mt-engine", help="MT engine: transformers or ctranslate2 (default: ctranslate2 when installed).",
         show_default=False,
     ),
-    mt_pairs: Optional[int] = typer.Option(
-        None, "--mt-pairs", min=0,
-        help="MT quality: parallel pairs the world's MT learns from (0: unlimited; default: a low-resource level).",
+    mt_confusion: Optional[float] = typer.Option(
+        None, "--mt-confusion", min=0.0, max=1.0,
+        help="MT quality: share of English words the world's MT learns wrong (0: near perfect; default: low-resource).",
         show_default=False,
     ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
@@ -753,7 +753,7 @@ def demo(
     def stage():
         cfg = demo_stage.DemoConfig(
             workdir=workdir, quick=quick, seed=seed, task=task, world_root=world_root, eval_limit=eval_limit,
-            mt_engine=mt_engine, mt_pairs=mt_pairs,
+            mt_engine=mt_engine, mt_confusion=mt_confusion,
         )
         with _DemoReporter(_stderr_console()) as reporter:
             return demo_stage.run(cfg, reporter)

@@ -49,6 +49,9 @@ class Recipe:
     # Rows translated per split (the MT model is the slowest step on a CPU); None: all of them.
     train_rows: Optional[int] = None
     validation_rows: Optional[int] = None
+    # translate-train rows whose answer the MT loses (no quoted span in the output): the world's
+    # low-resource MT loses about half; dropping them keeps every training answer a span.
+    projection: str = "keep"
 
 
 RECIPES = {
@@ -64,8 +67,9 @@ RECIPES = {
                     learning_rate=5e-3, batch_size=32, micro_batch_size=32, max_steps=200, warmup_ratio=0.05,
                     eval_steps=50, max_length=160),
         eval_limit=500,
-        train_rows=1000,
+        train_rows=2000,
         validation_rows=200,
+        projection="drop",
     ),
     # The CI end-to-end run: every step and file, barely trained.
     "quick": Recipe(
@@ -94,17 +98,17 @@ class DemoConfig:
     # MT engine of the translate steps: None picks ctranslate2 when it is installed (same float32
     # translations, several times faster; `make demo` installs it), else transformers.
     mt_engine: Optional[str] = None
-    # The world's MT quality: parallel pairs its MT model learns from (None: the world's default,
-    # a low-resource level; 0: unlimited). Another value builds (once) a world with its own MT.
-    mt_pairs: Optional[int] = None
+    # The world's MT quality: the share of English words its MT learns wrong (None: the world's
+    # default, a low-resource level; 0: a near-perfect MT). Another value builds (once) a world.
+    mt_confusion: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.task not in SCORE_KEYS:
             raise ConfigError(f"unknown task {self.task!r} for the demo; choose qa, nli or sentiment")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError("--eval-limit must be at least 1")
-        if self.mt_pairs is not None and self.mt_pairs < 0:
-            raise ConfigError(f"--mt-pairs must be 0 (unlimited) or more, got {self.mt_pairs}")
+        if self.mt_confusion is not None and not 0 <= self.mt_confusion <= 1:
+            raise ConfigError(f"--mt-confusion is a share of words, from 0 to 1; got {self.mt_confusion}")
         check_output_dir(self.workdir, "--workdir")
         if self.world_root:
             check_output_dir(self.world_root, "--world-root")
@@ -231,13 +235,13 @@ def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipelin
     reporter = reporter or _Silent()
     pipe = _Pipeline(cfg, reporter)
     recipe, work, task = pipe.recipe, pipe.work, cfg.task
-    world_root = Path(cfg.world_root) if cfg.world_root else toyworld.default_root(recipe.world_size, 0, cfg.mt_pairs)
+    world_root = Path(cfg.world_root) if cfg.world_root else toyworld.default_root(recipe.world_size, 0, cfg.mt_confusion)
     lang = toyworld.TARGET_LANG
     engine = cfg.engine
     state: dict[str, Any] = {"world_root": world_root, "lang": lang, "results": {}}
 
     def build_world() -> str:
-        world = toyworld.build(world_root, seed=0, size=recipe.world_size, mt_pairs=cfg.mt_pairs,
+        world = toyworld.build(world_root, seed=0, size=recipe.world_size, mt_confusion=cfg.mt_confusion,
                                progress=lambda desc, done, total: reporter.progress(done, total, desc))
         state["world"] = world
         if world.reused:
@@ -247,7 +251,7 @@ def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipelin
 
     pipe.add("world", f"Build the toy world ({recipe.world_size}): languages, tokenizer, base LLM, MT model, data",
              command("python", "-m", "flare_cli.toyworld", "--size", recipe.world_size, "--root", world_root,
-                     *(("--mt-pairs", cfg.mt_pairs) if cfg.mt_pairs is not None else ())),
+                     *(("--mt-confusion", cfg.mt_confusion) if cfg.mt_confusion is not None else ())),
              build_world)
 
     data_dir = work / "data"
@@ -268,7 +272,8 @@ def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipelin
         config = translate.TranslateConfig(
             input=str(subset or src), output=str(dst), lang=lang, direction=direction, task=task, mt_model=str(mt_dir),
             num_beams=recipe.num_beams, engine=engine,
-            references=PIVOT_REFERENCES[task] if split == "test" else None)
+            references=PIVOT_REFERENCES[task] if split == "test" else None,
+            on_projection_failure=recipe.projection if direction == "train" else "keep")
         head = f"head -n {n} {shlex.quote(str(src))} > {shlex.quote(str(subset))} && " if n else ""
         pipe.add_stage(f"translate_{split}", f"Translate the {what}", "translate", config,
                        lambda src=src, config=config, n=n: _translate(src, config, n, reporter, state), prefix=head)

@@ -82,15 +82,15 @@ def test_world_command_runs_the_toyworld_entry_point_with_the_demos_world(steps,
     assert words[:3] == ["python", "-m", "flare_cli.toyworld"]
     called = {}
 
-    def fake_build(root, *, seed, size, progress, mt_pairs, rebuild):
-        called.update(root=str(root), seed=seed, size=size, mt_pairs=mt_pairs)
+    def fake_build(root, *, seed, size, progress, mt_confusion, rebuild):
+        called.update(root=str(root), seed=seed, size=size, mt_confusion=mt_confusion)
         return SimpleNamespace(root=root, reused=True, timings={}, shipped=())
 
     monkeypatch.setattr(toyworld_main, "build", fake_build)
     assert toyworld_main.main(words[3:]) == 0
     expected_size = "quick" if "quick" in world.title else "full"
     assert called == {"root": str(Path(words[words.index("--root") + 1])), "seed": 0, "size": expected_size,
-                      "mt_pairs": None}
+                      "mt_confusion": None}
     assert called["root"] == str(Path(steps[1].config.mt_model).parent)  # the world the later steps read
 
 

@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=None, help="default: $FLARE_HOME/toyworld/<size>-seed<seed>")
-    parser.add_argument("--mt-pairs", type=int, default=None,
-                        help="parallel pairs the MT model learns from (its quality); 0: unlimited; default: the size's")
+    parser.add_argument("--mt-confusion", type=float, default=None,
+                        help="share of English words the MT learns wrong (its quality, 0-1); default: the size's")
     parser.add_argument("--check", action="store_true", help="also measure base English QA EM and MT quality")
     parser.add_argument("--rebuild", action="store_true",
                         help="retrain every stage (no cache, no shipped copies) and compare with the shipped hashes")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        world = build(args.root, seed=args.seed, size=args.size, progress=progress, mt_pairs=args.mt_pairs,
+        world = build(args.root, seed=args.seed, size=args.size, progress=progress, mt_confusion=args.mt_confusion,
                       rebuild=args.rebuild)
     except FlareError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {stage:<10} {seconds:7.1f} s" + (" (shipped copy)" if stage in world.shipped else ""))
     print(f"  {'total':<10} {total:7.1f} s")
     if args.rebuild:
-        hashes = stage_hashes(world_settings(args.size, args.mt_pairs), args.seed)
+        hashes = stage_hashes(world_settings(args.size, args.mt_confusion), args.seed)
         for stage in SHIPPED_STAGES:
             match = shipped_stage(stage, hashes[stage])
             print(f"  shipped {stage}: " + (f"same settings hash ({match})" if match else "none with this settings hash"))

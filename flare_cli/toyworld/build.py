@@ -10,7 +10,6 @@ complete.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import random
@@ -26,6 +25,7 @@ from flare_cli.errors import ConfigError, ModelError
 from flare_cli.fsutil import atomic_write_json
 from flare_cli.toyworld.corpus import (
     Mix,
+    confusion_map,
     instruction_examples,
     parallel_pairs,
     pretraining_documents,
@@ -39,8 +39,9 @@ from flare_cli.toyworld.tokenizer import ENGLISH_FLORES, TARGET_FLORES, llama_to
 
 # Bump when the generator's output changes for the same settings, so cached worlds are rebuilt.
 GENERATOR_VERSION = 3
-# Bump when only the task files change (their hash alone: the trained stages stay valid).
+# Bump when only the task files change, or only the MT's parallel text (that stage's hash alone).
 DATA_VERSION = 2
+MT_VERSION = 2
 TARGET_LANG = "qtw"
 WORLD_FILE = "world.json"
 STAGE_FILE = ".stage.json"
@@ -78,7 +79,7 @@ SIZES = {
     "full": WorldSettings(
         vocab_size=1200,
         tokenizer_lines=6000,
-        data=DataSizes(train=2000, validation=500, test=1000, target_train=1000),
+        data=DataSizes(train=8000, validation=500, test=1000, target_train=1000),
         base=BaseSettings(),
         mt=MTSettings(),
     ),
@@ -114,24 +115,27 @@ class World:
         return self.data_dir / task / f"{split}.{lang}.jsonl"
 
 
-def world_name(size: str = "full", seed: int = 0, mt_pairs: int | None = None) -> str:
-    """`full-seed0`, or `full-seed0-mt500` for a world whose MT learned from another amount of
-    parallel text than its size's default."""
-    default = SIZES[size].mt.pairs if size in SIZES else None
-    return f"{size}-seed{seed}" + (f"-mt{mt_pairs}" if mt_pairs is not None and mt_pairs != default else "")
+def world_name(size: str = "full", seed: int = 0, mt_confusion: float | None = None) -> str:
+    """`full-seed0`, or `full-seed0-mt0.2` for a world whose MT confuses another share of words
+    than its size's default."""
+    default = SIZES[size].mt.confusion if size in SIZES else None
+    other = mt_confusion is not None and mt_confusion != default
+    return f"{size}-seed{seed}" + (f"-mt{mt_confusion:g}" if other else "")
 
 
-def default_root(size: str = "full", seed: int = 0, mt_pairs: int | None = None) -> Path:
-    return flare_home() / "toyworld" / world_name(size, seed, mt_pairs)
+def default_root(size: str = "full", seed: int = 0, mt_confusion: float | None = None) -> Path:
+    return flare_home() / "toyworld" / world_name(size, seed, mt_confusion)
 
 
-def world_settings(size: str, mt_pairs: int | None = None) -> WorldSettings:
+def world_settings(size: str, mt_confusion: float | None = None) -> WorldSettings:
     if size not in SIZES:
         raise ConfigError(f"unknown toy world size {size!r}; choose one of: {', '.join(SIZES)}")
-    if mt_pairs is not None and mt_pairs < 0:
-        raise ConfigError(f"--mt-pairs must be 0 (unlimited) or more, got {mt_pairs}")
+    if mt_confusion is not None and not 0 <= mt_confusion <= 1:
+        raise ConfigError(f"--mt-confusion is a share of words, from 0 to 1; got {mt_confusion}")
     settings = SIZES[size]
-    return settings if mt_pairs is None else replace(settings, mt=replace(settings.mt, pairs=mt_pairs))
+    if mt_confusion is None:
+        return settings
+    return replace(settings, mt=replace(settings.mt, confusion=mt_confusion))
 
 
 def shipped_stage(stage: str, expected_hash: str) -> Path | None:
@@ -151,7 +155,7 @@ def stage_hashes(settings: WorldSettings, seed: int) -> dict[str, str]:
     tokenizer = _hash(GENERATOR_VERSION, seed, settings.vocab_size, settings.tokenizer_lines)
     data = _hash(GENERATOR_VERSION, DATA_VERSION, seed, asdict(settings.data))
     base = _hash(tokenizer, asdict(settings.base), asdict(settings.mix))
-    mt = _hash(tokenizer, asdict(settings.mt))
+    mt = _hash(tokenizer, MT_VERSION, asdict(settings.mt))
     return {"tokenizer": tokenizer, "data": data, "base": base, "mt": mt}
 
 
@@ -209,18 +213,18 @@ def build(
     seed: int = 0,
     size: str = "full",
     progress: Progress | None = None,
-    mt_pairs: int | None = None,
+    mt_confusion: float | None = None,
     rebuild: bool = False,
 ) -> World:
-    """Build the toy world at `root` (default: `default_root(size, seed, mt_pairs)`), or reuse a
+    """Build the toy world at `root` (default: `default_root(size, seed, mt_confusion)`), or reuse a
     complete one. Trained stages the package ships with the same hash are copied, not trained.
 
-    `mt_pairs` overrides how many parallel pairs the MT model learns from (its quality); `rebuild`
+    `mt_confusion` overrides the share of words the MT model learns wrong (its quality); `rebuild`
     retrains every stage, ignoring the cache and the shipped copies.
     `progress(description, completed, total)` is called as stages advance.
     """
-    settings = world_settings(size, mt_pairs)
-    root = Path(root) if root is not None else default_root(size, seed, mt_pairs)
+    settings = world_settings(size, mt_confusion)
+    root = Path(root) if root is not None else default_root(size, seed, mt_confusion)
     hashes = stage_hashes(settings, seed)
     settings_hash = _hash(hashes)
     world = World(root=root, seed=seed, size=size, base_dir=root / "base", mt_dir=root / "mt", data_dir=root / "data")
@@ -266,9 +270,8 @@ def build(
 
     def make_mt(tmp: Path) -> None:
         tokenizer = nllb_tokenizer(sp_model_file.read_bytes(), tmp)
-        pairs = parallel_pairs(seed, renderer, "train")
-        if settings.mt.pairs:  # a small parallel corpus, seen over and over
-            pairs = itertools.cycle(list(itertools.islice(pairs, settings.mt.pairs)))
+        confusions = confusion_map(seed, renderer, settings.mt.confusion) if settings.mt.confusion else None
+        pairs = parallel_pairs(seed, renderer, "train", confusions)
         with restored_threads():
             metrics["mt_final_loss"] = train_mt(tmp, tokenizer, pairs, settings.mt, seed, progress)
 

@@ -26,7 +26,7 @@ class BaseSettings:
     # Instruction tuning after pretraining: English task prompts, loss on the answers only. It plays
     # the instruction-tuned release of a large model (strong in English, weak in the target
     # language): pretraining alone left English QA at EM ~0.08 (docs/toyworld.md).
-    instruct_steps: int = 3000
+    instruct_steps: int = 5000
     instruct_batch: int = 32
     instruct_lr: float = 3e-3
 
