@@ -43,6 +43,8 @@ VARIANTS = {
     # The cost knob: fuse in the first half / quarter of the 4 layers; the pivot pass stops there.
     "flare-layers-half": ("flare", {"fused_layers": "0,1"}),
     "flare-layers-quarter": ("flare", {"fused_layers": "0"}),
+    # Fusion in every adapted linear layer, not only q_proj and v_proj.
+    "flare-fuse-all": ("flare", {"fused_modules": "all-linear"}),
 }
 DEFAULT_VARIANTS = ["input-fusion"]
 PIVOT_KINDS = ("mt", "gold", "noisy")
