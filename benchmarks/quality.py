@@ -1,7 +1,14 @@
 """Quality benchmark on the toy world: FLARE against its baselines over several seeds.
 
-    python benchmarks/quality.py --seeds 0 1 2            # full world; writes docs/results.md + PNG
-    python benchmarks/quality.py --quick --seeds 0         # smoke run of the script itself
+    python benchmarks/quality.py --task qa --seeds 0 1 2 --pivots mt gold noisy    # the main QA table
+    python benchmarks/quality.py --task qa --seeds 0 1 2 --mt-confusion 0.2        # another MT level
+    python benchmarks/quality.py --task nli --seeds 0 1 2                          # nli, sentiment alike
+    python benchmarks/quality.py --task qa --seeds 0 1 2 --variants flare-layers-half flare-layers-quarter
+    python benchmarks/quality.py --report          # docs/results.md and its plots from docs/results/*.json
+    python benchmarks/quality.py --quick --seeds 0 # smoke run of the script itself
+
+Each run adds its records to docs/results/<task>-mt<confusion>.json (resumable: rerun to continue);
+`--report` renders every table and plot of docs/results.md from those files.
 
 Per seed, `flare demo` (same recipe) gives the translations, stage 1, translate-train LoRA and FLARE
 (add_relu) with their evaluations; this script then trains the other variants with the same
@@ -16,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import MAIN_SCORE, method_table, write_report  # noqa: E402  (benchmarks/report.py)
 
 # name -> (train method, stage-3 overrides); "lora"/"flare" come from the demo itself.
 VARIANTS = {
@@ -32,50 +40,70 @@ VARIANTS = {
     "flare-cross_attention": ("flare", {"fusion": "cross_attention"}),
     "flare-source_norm": ("flare", {"source_norm": True}),
     "flare-align_start": ("flare", {"align": "start"}),
+    # The cost knob: fuse in the first half / quarter of the 4 layers; the pivot pass stops there.
+    "flare-layers-half": ("flare", {"fused_layers": "0,1"}),
+    "flare-layers-quarter": ("flare", {"fused_layers": "0"}),
+    # Fusion in every adapted linear layer, not only q_proj and v_proj.
+    "flare-fuse-all": ("flare", {"fused_modules": "all-linear"}),
 }
+DEFAULT_VARIANTS = ["input-fusion"]
 PIVOT_KINDS = ("mt", "gold", "noisy")
-# Methods scored with every pivot kind; the rest (ablations) on MT pivots only, to save time.
+
+# Methods scored with every pivot kind asked for; the rest (ablations) on MT pivots only, to save time.
 ALL_PIVOTS = ("translate-test", "input-fusion", "flare")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["qa", "nli", "sentiment"], default="qa")
+    parser.add_argument("--mt-confusion", type=float, default=None,
+                        help="the world's MT level (share of words its MT learns wrong; default: the demo world's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default="runs/quality")
     parser.add_argument("--quick", action="store_true", help="the quick world and recipe (checks the script only)")
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="extra variants to train")
-    parser.add_argument("--results", default=str(ROOT / "docs" / "results.md"), help="'' to skip writing")
-    parser.add_argument("--report-only", action="store_true",
-                        help="train and evaluate nothing: tabulate what the workdir already holds")
+    parser.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
+                        help="variants to train beside the demo's (zero-shot, translate-test, lora, flare)")
+    parser.add_argument("--pivots", nargs="+", default=["mt"], choices=PIVOT_KINDS,
+                        help="English pivots to score with: the pipeline's MT, the world's gold, noisy gold")
+    parser.add_argument("--records", default=str(ROOT / "docs" / "results"), help="'' to keep no records")
+    parser.add_argument("--report", action="store_true", help="train nothing: render docs/results.md from the records")
     args = parser.parse_args(argv)
 
     from flare_cli import demo
+    from flare_cli.toyworld.build import SIZES
 
-    work = Path(args.workdir)
-    records: list[dict] = []
+    if args.report:
+        write_report(Path(args.records), ROOT / "docs" / "results.md")
+        return 0
+    size = "quick" if args.quick else "full"
+    level = SIZES[size].mt.confusion if args.mt_confusion is None else args.mt_confusion
+    name = f"{args.task}-mt{level:g}" + ("-quick" if args.quick else "")
+    work = Path(args.workdir) / name
+    records_file = Path(args.records) / f"{name}.json" if args.records else None
+    records = _load(records_file).get("records", []) if records_file else []
     started = time.perf_counter()
     for seed in args.seeds:
         seed_dir = work / f"seed{seed}"
         first = work / f"seed{args.seeds[0]}" / "data"
         if seed != args.seeds[0] and first.is_dir() and not (seed_dir / "data").exists():
             shutil.copytree(first, seed_dir / "data")  # the same translations for every seed
-        if args.report_only:
-            summary = seed_dir / "summary.json"
-            if not summary.is_file():
-                print(f"== seed {seed}: no finished demo run in {seed_dir}; skipped", file=sys.stderr)
-                continue
-            result = demo.DemoResult(**json.loads(summary.read_text(encoding="utf-8")))
-        else:
-            print(f"== seed {seed}: demo pipeline", file=sys.stderr, flush=True)
-            result = demo.run(demo.DemoConfig(workdir=str(seed_dir), quick=args.quick, seed=seed), _Printer())
-        records += run_seed(result, seed, args.quick, args.variants, report_only=args.report_only)
-        _save(work / "records.json", records)
+        print(f"== {name} seed {seed}: demo pipeline", file=sys.stderr, flush=True)
+        result = demo.run(demo.DemoConfig(workdir=str(seed_dir), quick=args.quick, seed=seed, task=args.task,
+                                          mt_confusion=args.mt_confusion), _Printer())
+        fresh = run_seed(result, seed, args.quick, args.variants, args.pivots)
+        keys = {(r["method"], r["seed"], r["pivots"]) for r in fresh}
+        records = [r for r in records if (r["method"], r["seed"], r["pivots"]) not in keys] + fresh
+        if records_file:
+            _save(records_file, {"task": args.task, "mt_confusion": level, "mt_quality": result.mt_quality,
+                                 "command": "python benchmarks/quality.py " + " ".join(argv or sys.argv[1:]),
+                                 "records": records})
     print(f"total {time.perf_counter() - started:.0f}s", file=sys.stderr)
-    table = summarize(records)
-    print(render_markdown(table, args))
-    if args.results:
-        write_results(Path(args.results), table, records, args)
+    print(method_table(records))
     return 0
+
+
+def _load(path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
 
 
 class _Printer:
@@ -111,7 +139,7 @@ def test_files(result, work: Path) -> dict[str, Path]:
     return files
 
 
-def run_seed(result, seed: int, quick: bool, variants: list[str], report_only: bool = False) -> list[dict]:
+def run_seed(result, seed: int, quick: bool, variants: list[str], pivots_asked: list[str]) -> list[dict]:
     from flare_cli import evaluate, train
     from flare_cli.demo import RECIPES
 
@@ -121,15 +149,13 @@ def run_seed(result, seed: int, quick: bool, variants: list[str], report_only: b
     stage1 = str(work / "stage1-en")
     data = work / "data"
     files = test_files(result, work / "data")
-    key = "exact_match" if result.task == "qa" else "accuracy"
+    key = MAIN_SCORE[result.task]
     records = [dict(row, seed=seed, pivots="mt", score=row[key]) for row in result.rows]
 
     adapters = {"lora": work / f"lora-{result.lang}", "flare": work / f"flare-{result.lang}"}
     for name in variants:
         method, overrides = VARIANTS[name]
         out = work / f"{name}-{result.lang}"
-        if report_only and not (out / train.RESULT_NAME).is_file():
-            continue
         options = dict(recipe.stage3, seed=seed, **overrides)
         if method in ("lora", "input-fusion"):
             options.pop("fused_modules", None)
@@ -147,8 +173,6 @@ def run_seed(result, seed: int, quick: bool, variants: list[str], report_only: b
         out = work / "eval" / f"{label}-{pivots}"
         if (out / "metrics.json").is_file():
             metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-        elif report_only:
-            return
         else:
             cfg = evaluate.EvalConfig(
                 adapter=str(adapter) if adapter else None, method=method, data=str(files[pivots]),
@@ -159,84 +183,18 @@ def run_seed(result, seed: int, quick: bool, variants: list[str], report_only: b
             metrics = evaluate.run(cfg).metrics
         records.append({"method": label, "seed": seed, "pivots": pivots, "n": metrics["n"], "score": metrics[key],
                         **{k: metrics[k] for k in ("exact_match", "f1", "accuracy", "macro_f1") if k in metrics}})
+        print(f"  {label} ({pivots} pivots): {key} {metrics[key]:.1f}", file=sys.stderr, flush=True)
 
-    for pivots in ("gold", "noisy"):
+    for pivots in [p for p in pivots_asked if p != "mt"]:
         score("translate-test", "translate-test", None, pivots)
         score("flare", "flare", adapters["flare"], pivots)
     for name in [v for v in variants if v in adapters]:
         method = VARIANTS[name][0]
-        for pivots in (PIVOT_KINDS if name in ALL_PIVOTS else ("mt",)):
+        for pivots in (pivots_asked if name in ALL_PIVOTS else ("mt",)):
             if method == "flare-mt" and pivots != "mt":
                 continue  # FLARE-MT reads no pivot column
             score(name, method, adapters[name], pivots)
     return records
-
-
-def summarize(records: list[dict]) -> list[dict]:
-    """Mean and spread (population std, min, max) per method and pivot kind."""
-    groups: dict[tuple[str, str], list[float]] = {}
-    for r in records:
-        groups.setdefault((r["method"], r["pivots"]), []).append(r["score"])
-    order = ["zero-shot", "translate-test", "lora", "input-fusion", "flare", *VARIANTS]
-    rows = []
-    for (method, pivots), values in groups.items():
-        rows.append({"method": method, "pivots": pivots, "mean": statistics.fmean(values),
-                     "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-                     "min": min(values), "max": max(values), "seeds": len(values), "values": values})
-    rows.sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else 99, PIVOT_KINDS.index(r["pivots"])))
-    return rows
-
-
-def render_markdown(table: list[dict], args) -> str:
-    lines = ["| method | pivots | mean | std | min | max | per seed |", "|---|---|---:|---:|---:|---:|---|"]
-    for r in table:
-        pivots = r["pivots"] if r["method"] not in ("zero-shot", "lora", "flare-mt") else "-"
-        lines.append(f"| {r['method']} | {pivots} | {r['mean']:.1f} | {r['std']:.1f} | {r['min']:.1f} | "
-                     f"{r['max']:.1f} | {', '.join(f'{v:.1f}' for v in r['values'])} |")
-    return "\n".join(lines)
-
-
-def plot(table: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:  # the table and JSON are written anyway; the plot is the only optional part
-        print(f"note: {path.name} not drawn: matplotlib is missing (pip install -e '.[bench]')", file=sys.stderr)
-        return
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(dict.fromkeys(r["method"] for r in table))
-    colours = {"mt": "#1f77b4", "gold": "#2ca02c", "noisy": "#ff7f0e"}
-    width = 0.27
-    fig, ax = plt.subplots(figsize=(10, 4.2))
-    for i, method in enumerate(methods):
-        rows = [r for r in table if r["method"] == method]
-        for j, r in enumerate(rows):
-            x = i + (j - (len(rows) - 1) / 2) * width
-            ax.bar(x, r["mean"], width * 0.95, yerr=r["std"], capsize=3, color=colours[r["pivots"]])
-            ax.scatter([x] * len(r["values"]), r["values"], color="black", s=6, zorder=3)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-    ax.legend(handles, [f"{k} pivots" for k in colours], loc="upper left", fontsize=8)
-    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-    ax.set_ylabel("exact match (toy QA, qtw test)")
-    ax.set_title("FLARE vs baselines on the toy world (bars: mean over seeds, whiskers: std, dots: seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def write_results(path: Path, table: list[dict], records: list[dict], args) -> None:
-    png = path.with_suffix(".png")
-    plot(table, png)
-    seeds = " ".join(map(str, args.seeds))
-    text = RESULTS_TEMPLATE.format(
-        command=f"python benchmarks/quality.py --seeds {seeds}" + (" --quick" if args.quick else ""),
-        table=render_markdown(table, args), png=png.name, analysis_mark=ANALYSIS_MARK,
-    )
-    if path.is_file() and ANALYSIS_MARK in path.read_text(encoding="utf-8"):  # keep the hand-written analysis
-        text += path.read_text(encoding="utf-8").split(ANALYSIS_MARK, 1)[1]
-    path.write_text(text, encoding="utf-8")
-    _save(path.with_suffix(".json"), {"summary": table, "records": records})
 
 
 def _save(path: Path, data) -> None:
@@ -244,22 +202,6 @@ def _save(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
-
-
-RESULTS_TEMPLATE = """# Results: FLARE on the toy world
-
-Measured with `{command}` (the full toy world, seed 0; the seeds are training seeds of stage 1
-and stage 3). Exact match (%) on the same target-language (qtw) QA test rows for every method.
-Pivots: `mt` = the pipeline's own translate-test output from the world's MT model, `gold` = the
-world's reference English, `noisy` = gold with ~15% of the words replaced, dropped or doubled.
-`zero-shot`, `lora` and `flare-mt` read no pivot.
-
-{table}
-
-![FLARE vs baselines]({png})
-
-""" + "{analysis_mark}"
-ANALYSIS_MARK = "<!-- analysis: kept when the table is regenerated -->"
 
 
 if __name__ == "__main__":

@@ -310,6 +310,8 @@ def translate(
             f"{q['signatures']['chrf++']})")
     if result.projection_failed:
         what = "dropped" if on_projection_failure == "drop" else "kept with answer_start null"
+        if result.empty_answers_dropped:
+            what += f"; {result.empty_answers_dropped} whose answer the MT left empty dropped"
         console.print(
             f"[yellow]warning:[/] {result.projection_failed} rows failed answer projection ({what}); "
             f"first ids: {', '.join(result.projection_failed_ids[:5])}",
@@ -738,6 +740,11 @@ def demo(
         None, "--mt-engine", help="MT engine: transformers or ctranslate2 (default: ctranslate2 when installed).",
         show_default=False,
     ),
+    mt_confusion: Optional[float] = typer.Option(
+        None, "--mt-confusion", min=0.0, max=1.0,
+        help="MT quality: share of English words the world's MT learns wrong (0: near perfect; default: low-resource).",
+        show_default=False,
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
 ) -> None:
     """Run the whole pipeline offline on the embedded toy world and compare FLARE with its baselines."""
@@ -746,7 +753,7 @@ def demo(
     def stage():
         cfg = demo_stage.DemoConfig(
             workdir=workdir, quick=quick, seed=seed, task=task, world_root=world_root, eval_limit=eval_limit,
-            mt_engine=mt_engine,
+            mt_engine=mt_engine, mt_confusion=mt_confusion,
         )
         with _DemoReporter(_stderr_console()) as reporter:
             return demo_stage.run(cfg, reporter)
@@ -817,6 +824,14 @@ def _print_demo_table(result) -> None:
         table.add_row(row["method"], *(f"{row[k]:.1f}" for k in keys), str(row["n"]))
     console = Console(soft_wrap=True)
     console.print(table)
+    if result.english and keys:
+        console.print(f"Stage 1 on the English originals of the test rows: {keys[0]} {result.english[keys[0]]:.1f} "
+                      "(what translate-test could reach with perfect MT)", highlight=False)
+    mt = result.mt_quality
+    if mt:
+        console.print(f"Pivots: the world's MT, {mt['direction']} chrF++ {mt['chrf++']:.1f} / chrF {mt['chrf']:.1f} / "
+                      f"BLEU {mt['bleu']:.1f} against the reference English (sacrebleu, {mt['n']} segments)",
+                      highlight=False)
     line = result.headline
     if line:
         console.print(f"{line['label']}: {line['gain']:+.1f} {line['key']} "

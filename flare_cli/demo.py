@@ -30,6 +30,10 @@ TRAINED_METHODS = ("lora", "flare")
 EVAL_METHODS = ("zero-shot", "translate-test", *TRAINED_METHODS)
 MERGED_METHOD, PUSHED_METHOD = TRAINED_METHODS
 SCORE_KEYS = {"qa": ("exact_match", "f1"), "nli": ("accuracy",), "sentiment": ("accuracy", "macro_f1")}
+# The world's reference English of each translated test field: the demo scores its translate-test
+# MT with them (sacrebleu chrF / chrF++ / BLEU), so the table says how good the pivots were.
+PIVOT_REFERENCES = {"qa": "context=pivot_context,question=pivot_question",
+                    "nli": "premise=pivot_premise,hypothesis=pivot_hypothesis", "sentiment": "text=pivot_text"}
 
 
 @dataclass(frozen=True)
@@ -45,22 +49,27 @@ class Recipe:
     # Rows translated per split (the MT model is the slowest step on a CPU); None: all of them.
     train_rows: Optional[int] = None
     validation_rows: Optional[int] = None
+    # translate-train rows whose answer the MT loses (no quoted span in the output): the world's
+    # low-resource MT loses about half; dropping them keeps every training answer a span.
+    projection: str = "keep"
 
 
 RECIPES = {
-    # Stage 1 teaches English QA to the base (its English QA EM is ~0.07); stage 3 is the paper's
-    # r=8/alpha=16 LoRA on every linear layer, with the pivot fused into q_proj and v_proj.
+    # The base is instruction-tuned in English (docs/toyworld.md), so stage 1 only adapts it to the
+    # task's data; stage 3 is the paper's r=8/alpha=16 LoRA on every linear layer, with the pivot fused
+    # into q_proj and v_proj. Validation loss picks the best checkpoint of each run.
     "full": Recipe(
         world_size="full",
         num_beams=1,
-        stage1=dict(target_modules="all-linear", r=16, lora_alpha=32, learning_rate=3e-3, batch_size=32,
-                    micro_batch_size=32, max_steps=800, warmup_ratio=0.05, eval_steps=200, max_length=160),
+        stage1=dict(target_modules="all-linear", r=16, lora_alpha=32, learning_rate=2e-3, batch_size=32,
+                    micro_batch_size=32, max_steps=150, warmup_ratio=0.05, eval_steps=50, max_length=160),
         stage3=dict(target_modules="all-linear", fused_modules="q_proj,v_proj", r=8, lora_alpha=16,
-                    learning_rate=5e-3, batch_size=32, micro_batch_size=32, max_steps=400, warmup_ratio=0.05,
-                    eval_steps=100, max_length=160),
+                    learning_rate=5e-3, batch_size=32, micro_batch_size=32, max_steps=200, warmup_ratio=0.05,
+                    eval_steps=50, max_length=160),
         eval_limit=500,
-        train_rows=1000,
+        train_rows=2000,
         validation_rows=200,
+        projection="drop",
     ),
     # The CI end-to-end run: every step and file, barely trained.
     "quick": Recipe(
@@ -89,12 +98,17 @@ class DemoConfig:
     # MT engine of the translate steps: None picks ctranslate2 when it is installed (same float32
     # translations, several times faster; `make demo` installs it), else transformers.
     mt_engine: Optional[str] = None
+    # The world's MT quality: the share of English words its MT learns wrong (None: the world's
+    # default, a low-resource level; 0: a near-perfect MT). Another value builds (once) a world.
+    mt_confusion: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.task not in SCORE_KEYS:
             raise ConfigError(f"unknown task {self.task!r} for the demo; choose qa, nli or sentiment")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError("--eval-limit must be at least 1")
+        if self.mt_confusion is not None and not 0 <= self.mt_confusion <= 1:
+            raise ConfigError(f"--mt-confusion is a share of words, from 0 to 1; got {self.mt_confusion}")
         check_output_dir(self.workdir, "--workdir")
         if self.world_root:
             check_output_dir(self.world_root, "--world-root")
@@ -124,6 +138,11 @@ class DemoResult:
     score_keys: list[str] = field(default_factory=list)  # the table's score columns, main one first
     # FLARE against the translate-train LoRA on the main score: {"label", "method", "baseline", "key", "gain"}
     headline: dict = field(default_factory=dict)
+    # Stage 1 on the English originals of the test rows: {"n", <score keys>} (translate-test's ceiling)
+    english: dict = field(default_factory=dict)
+    # The test pivots' MT quality against the world's reference English, all fields together:
+    # {"direction", "chrf", "chrf++", "bleu", "signatures"} (sacrebleu, corpus level)
+    mt_quality: dict = field(default_factory=dict)
 
     def score(self, method: str, key: str) -> float:
         return next(row[key] for row in self.rows if row["method"] == method)
@@ -216,19 +235,23 @@ def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipelin
     reporter = reporter or _Silent()
     pipe = _Pipeline(cfg, reporter)
     recipe, work, task = pipe.recipe, pipe.work, cfg.task
-    world_root = Path(cfg.world_root) if cfg.world_root else toyworld.default_root(recipe.world_size, 0)
+    world_root = Path(cfg.world_root) if cfg.world_root else toyworld.default_root(recipe.world_size, 0, cfg.mt_confusion)
     lang = toyworld.TARGET_LANG
     engine = cfg.engine
     state: dict[str, Any] = {"world_root": world_root, "lang": lang, "results": {}}
 
     def build_world() -> str:
-        world = toyworld.build(world_root, seed=0, size=recipe.world_size,
+        world = toyworld.build(world_root, seed=0, size=recipe.world_size, mt_confusion=cfg.mt_confusion,
                                progress=lambda desc, done, total: reporter.progress(done, total, desc))
         state["world"] = world
-        return "reused the cached world" if world.reused else f"built in {sum(world.timings.values()):.0f}s"
+        if world.reused:
+            return "reused the cached world"
+        shipped = f" (base and MT copied from the package: {', '.join(world.shipped)})" if world.shipped else ""
+        return f"built in {sum(world.timings.values()):.0f}s{shipped}"
 
     pipe.add("world", f"Build the toy world ({recipe.world_size}): languages, tokenizer, base LLM, MT model, data",
-             command("python", "-m", "flare_cli.toyworld", "--size", recipe.world_size, "--root", world_root),
+             command("python", "-m", "flare_cli.toyworld", "--size", recipe.world_size, "--root", world_root,
+                     *(("--mt-confusion", cfg.mt_confusion) if cfg.mt_confusion is not None else ())),
              build_world)
 
     data_dir = work / "data"
@@ -248,10 +271,12 @@ def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipelin
         subset = dst.with_name(f"{src.stem}.first{n}.jsonl") if n else None
         config = translate.TranslateConfig(
             input=str(subset or src), output=str(dst), lang=lang, direction=direction, task=task, mt_model=str(mt_dir),
-            num_beams=recipe.num_beams, engine=engine)
+            num_beams=recipe.num_beams, engine=engine,
+            references=PIVOT_REFERENCES[task] if split == "test" else None,
+            on_projection_failure=recipe.projection if direction == "train" else "keep")
         head = f"head -n {n} {shlex.quote(str(src))} > {shlex.quote(str(subset))} && " if n else ""
         pipe.add_stage(f"translate_{split}", f"Translate the {what}", "translate", config,
-                       lambda src=src, config=config, n=n: _translate(src, config, n, reporter), prefix=head)
+                       lambda src=src, config=config, n=n: _translate(src, config, n, reporter, state), prefix=head)
 
     base = str(world_root / "base")
     stage1_dir = work / "stage1-en"
@@ -274,6 +299,13 @@ def plan(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> tuple[_Pipelin
         title = ("Train stage 3: FLARE, fusing the English pivot into the LoRA bottleneck" if method_of(method).fuses
                  else "Train stage 3: translate-train LoRA on the machine-translated data")
         pipe.add_stage(f"train_{method}", title, "train", config, lambda config=config: _train(config, reporter))
+
+    english_test = world_root / "data" / task / "test.en.jsonl"
+    english = evaluate.EvalConfig(base=base, task_adapter=str(stage1_dir), method="zero-shot", task=task, lang="en",
+                                  data=str(english_test), limit=limit, output_dir=str(work / "eval" / "stage1-en"),
+                                  batch_size=recipe.eval_batch_size)
+    pipe.add_stage("eval_english", "Evaluate stage 1 on the English originals of the test rows (the ceiling)", "eval",
+                   english, lambda: _evaluate("english", english, task, state["results"], reporter))
 
     test_file = files["test"][1]
     for method in EVAL_METHODS:
@@ -322,6 +354,8 @@ def run(cfg: DemoConfig, reporter: Optional[Reporter] = None) -> DemoResult:
         workdir=str(pipe.work), world_root=str(state["world_root"]), task=cfg.task, lang=state["lang"], rows=rows,
         timings=pipe.timings, merged_dir=str(state["merged_dir"]), push_files=state.get("push_files", []),
         seconds=round(time.perf_counter() - started, 2), score_keys=keys, headline=headline,
+        mt_quality=state.get("mt_quality", {}),
+        english=_table_row("english", state["results"]["english"], cfg.task) if "english" in state["results"] else {},
     )
     _write_summary(pipe.work / "summary.json", result)
     return result
@@ -339,11 +373,15 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing.*")
 
 
-def _translate(src: Path, cfg, n_rows: Optional[int], reporter: Reporter) -> str:
+def _translate(src: Path, cfg, n_rows: Optional[int], reporter: Reporter, state: dict) -> str:
     from flare_cli import translate
 
     dst = Path(cfg.output)
-    if dst.is_file() and Path(str(dst) + ".meta.json").is_file():
+    meta_file = Path(str(dst) + ".meta.json")
+    if dst.is_file() and meta_file.is_file():
+        quality = json.loads(meta_file.read_text(encoding="utf-8")).get("quality")
+        if quality:
+            state["mt_quality"] = _pooled_quality(cfg, quality)
         return "reused"
     if n_rows:  # the first n rows, as the printed `head -n` gives
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +402,32 @@ def _translate(src: Path, cfg, n_rows: Optional[int], reporter: Reporter) -> str
 
     result = translate.run(cfg, progress=Sink())
     failed = f", {result.projection_failed} answers not projected" if result.projection_failed else ""
-    return f"{result.rows_out} rows, {result.translated} segments translated{failed}"
+    if result.empty_answers_dropped:
+        failed += f" ({result.empty_answers_dropped} rows dropped: empty translated answer)"
+    quality = ""
+    if result.quality:
+        state["mt_quality"] = _pooled_quality(cfg, result.quality)
+        quality = f", qtw->en chrF++ {state['mt_quality']['chrf++']:.1f} against the reference English"
+    return f"{result.rows_out} rows, {result.translated} segments translated{failed}{quality}"
+
+
+def _pooled_quality(cfg, per_field: dict) -> dict:
+    """One corpus score over every translated test field (the per-field scores are in the
+    translation's .meta.json): what a reader compares with FLORES figures."""
+    from flare_cli.metrics import mt_scores
+
+    def rows(path) -> list[dict]:
+        return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    fields = [pair.split("=") for pair in (cfg.references or "").split(",") if pair]
+    gold = {row["id"]: row for row in rows(cfg.input)}  # the output's pivot_* columns hold the MT
+    translated = [row for row in rows(cfg.output) if row["id"] in gold]
+    hypotheses = [row[f"pivot_{name}"] for row in translated for name, _ in fields]
+    references = [gold[row["id"]][column] for row in translated for _, column in fields]
+    pooled = mt_scores(hypotheses, references)
+    return {"direction": "qtw->en", "n": pooled["n"], "chrf": round(pooled["chrf"], 2),
+            "chrf++": round(pooled["chrf++"], 2), "bleu": round(pooled["bleu"], 2),
+            "signatures": pooled["signatures"], "per_field": {k: round(v["chrf++"], 2) for k, v in per_field.items()}}
 
 
 def _train(cfg, reporter: Reporter) -> str:

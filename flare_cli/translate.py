@@ -91,6 +91,9 @@ class TranslateResult:
     seconds: float
     projection_failed: int = 0
     projection_failed_ids: list[str] = field(default_factory=list)
+    # Answerable rows whose answer the MT translated to nothing: dropped whatever the policy (an empty
+    # answer would make them unanswerable, and training refuses such rows).
+    empty_answers_dropped: int = 0
     quality: dict | None = None  # {field: chrF / chrF++ / BLEU} with --references (flare_cli.metrics)
 
 
@@ -373,8 +376,9 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: MTEn
         mt = _Translator(cfg, engine, cache, src, tgt, progress)
         if qa_train:
             out_rows, failed_ids = _translate_qa_train(rows, fields, mt, cfg.on_projection_failure)
+            emptied = len(rows) - len(out_rows) if cfg.on_projection_failure == "keep" else 0
         else:
-            out_rows, failed_ids = _translate_rows(rows, fields, mt, cfg.direction), []
+            out_rows, failed_ids, emptied = _translate_rows(rows, fields, mt, cfg.direction), [], 0
     quality = reference_scores(out_rows, references, cfg.direction, target_lang=tgt.flores) if references else None
 
     meta_path = None
@@ -403,6 +407,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: MTEn
             "rows_in": len(rows),
             "rows_out": len(out_rows),
             "projection_failed": len(failed_ids),
+            "empty_answers_dropped": emptied,
             "on_projection_failure": cfg.on_projection_failure if qa_train else None,
             **({"quality": quality} if quality else {}),
         }
@@ -413,6 +418,7 @@ def run(cfg: TranslateConfig, progress: ProgressSink | None = None, engine: MTEn
         rows_out=len(out_rows), segments=len(mt.segment_keys), translated=mt.translated,
         cache_hits=len(mt.hit_keys - mt.translated_keys), generated_tokens=mt.tokens, seconds=time.perf_counter() - started,
         projection_failed=len(failed_ids), projection_failed_ids=failed_ids[:20], quality=quality,
+        empty_answers_dropped=emptied,
     )
 
 
@@ -509,6 +515,8 @@ def _translate_qa_train(rows: list[dict], fields: tuple[str, ...], mt: _Translat
         if policy == "drop" and str(row["id"]) in failed_set:
             continue
         context, answer, start = projected[i]
+        if row["answer"] and not answer.strip():
+            continue  # the MT erased the answer: the row cannot be kept (TranslateResult.empty_answers_dropped)
         translated = {f: table[row[f]] for f in fields if f != "context"}
         translated["context"] = context
         new = _with_pivots(row, translated, fields, "train")

@@ -11,10 +11,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip"
-stamp="$VENV/.flare-setup-$(cat pyproject.toml scripts/setup.sh | cksum | cut -d' ' -f1)"
-if [ -f "$stamp" ]; then
-  exit 0  # already set up for this pyproject
-fi
+# Extras to install: `make test` needs test (tracker and engine tests); `make demo` only ct2.
+EXTRAS=${EXTRAS:-test,ct2}
+sum=$(cat pyproject.toml scripts/setup.sh | cksum | cut -d' ' -f1)
+for done in "$VENV"/.flare-setup-"$sum"-*; do
+  [ -f "$done" ] || continue
+  have=",${done##*-},"
+  missing=0
+  for extra in ${EXTRAS//,/ }; do [[ "$have" == *",$extra,"* ]] || missing=1; done
+  [ "$missing" = 0 ] && exit 0  # already set up for this pyproject, with these extras
+done
+stamp="$VENV/.flare-setup-$sum-$EXTRAS"
 
 if $VENV/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "torch already installed: $($VENV/bin/python -c 'import torch; print(torch.__version__)')"
@@ -30,7 +37,7 @@ else
     || $PIP install -q "torch==2.13.0" --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
 fi
 # ct2: the faster MT engine, which `flare demo` uses when it is installed
-$PIP install -q -e ".[test,ct2]"
+$PIP install -q -e ".[$EXTRAS]"
 rm -f "$VENV"/.flare-setup-*
 touch "$stamp"
 echo "flare_cli installed in $VENV (activate with: source $VENV/bin/activate)"

@@ -44,13 +44,13 @@ def test_every_method_has_a_finite_score_on_the_same_rows(demo):
 
 def test_progress_shows_each_step_and_its_command(demo):
     _, summary, _, stderr = demo
-    assert "[1/13] Build the toy world (quick)" in stderr
+    assert "[1/14] Build the toy world (quick)" in stderr
     assert "$ flare train --base " in stderr and "--method flare" in stderr
     assert "$ flare push --folder " in stderr and "--dry-run" in stderr
     assert "Loading weights" not in stderr  # library progress bars are silenced
     assert set(summary["timings"]) == {
         "world", "translate_train", "translate_validation", "translate_test", "train_stage1", "train_lora",
-        "train_flare", "eval_zero-shot", "eval_translate-test", "eval_lora", "eval_flare", "merge", "push"}
+        "train_flare", "eval_english", "eval_zero-shot", "eval_translate-test", "eval_lora", "eval_flare", "merge", "push"}
 
 
 def test_translations_come_from_the_worlds_mt_model(demo):
@@ -63,6 +63,25 @@ def test_translations_come_from_the_worlds_mt_model(demo):
     assert (meta["mt_model"], meta["direction"], meta["src_lang"], meta["tgt_lang"]) == (
         str(world / "mt"), "test", "qtw_Latn", "eng_Latn")
     assert (meta["engine"], meta["compute_type"]) == ("ctranslate2", "float32")  # the faster engine, when installed
+
+
+def test_the_pivots_mt_quality_is_sacrebleus_score_against_the_worlds_english(demo):
+    """The demo reports how good its translate-test MT was: corpus chrF++ of every translated test
+    field against the world's reference English, exactly as sacrebleu scores it."""
+    import sacrebleu
+
+    root, summary, again, _ = demo
+    gold = [json.loads(x) for x in (root / "world" / "data/qa/test.qtw.jsonl").read_text().splitlines()][:24]
+    pivots = {r["id"]: r for r in map(json.loads, (root / "work/data/test.qtw.jsonl").read_text().splitlines())}
+    hyps = [pivots[r["id"]][f"pivot_{f}"] for r in gold for f in ("context", "question")]
+    refs = [r[f"pivot_{f}"] for r in gold for f in ("context", "question")]
+    quality = summary["mt_quality"]
+    assert quality["n"] == 48 and quality["direction"] == "qtw->en"
+    assert quality["chrf++"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score, abs=0.01)
+    assert quality["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score, abs=0.01)
+    assert again["mt_quality"] == quality  # a rerun reads it back from the translation's metadata
+    english = summary["english"]
+    assert english["method"] == "english" and english["n"] == 24 and 0 <= english["exact_match"] <= 100
 
 
 def test_rerun_reuses_every_step_and_gives_the_same_table(demo):

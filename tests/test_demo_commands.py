@@ -44,7 +44,7 @@ def normal(value):
 def test_every_stage_step_prints_a_command_the_cli_parses_into_its_config(steps):
     group = typer.main.get_command(app)
     stage_steps = [s for s in steps if s.config is not None]
-    assert [s.cli_name for s in stage_steps] == ["translate"] * 3 + ["train"] * 3 + ["eval"] * 4 + ["merge", "push"]
+    assert [s.cli_name for s in stage_steps] == ["translate"] * 3 + ["train"] * 3 + ["eval"] * 5 + ["merge", "push"]
     for step in stage_steps:
         command = group.commands[step.cli_name]
         ctx = command.make_context(step.cli_name, flare_args(step))  # unknown flags or bad values raise here
@@ -82,14 +82,15 @@ def test_world_command_runs_the_toyworld_entry_point_with_the_demos_world(steps,
     assert words[:3] == ["python", "-m", "flare_cli.toyworld"]
     called = {}
 
-    def fake_build(root, *, seed, size, progress):
-        called.update(root=str(root), seed=seed, size=size)
-        return SimpleNamespace(root=root, reused=True, timings={})
+    def fake_build(root, *, seed, size, progress, mt_confusion, rebuild):
+        called.update(root=str(root), seed=seed, size=size, mt_confusion=mt_confusion)
+        return SimpleNamespace(root=root, reused=True, timings={}, shipped=())
 
     monkeypatch.setattr(toyworld_main, "build", fake_build)
     assert toyworld_main.main(words[3:]) == 0
     expected_size = "quick" if "quick" in world.title else "full"
-    assert called == {"root": str(Path(words[-1])), "seed": 0, "size": expected_size}
+    assert called == {"root": str(Path(words[words.index("--root") + 1])), "seed": 0, "size": expected_size,
+                      "mt_confusion": None}
     assert called["root"] == str(Path(steps[1].config.mt_model).parent)  # the world the later steps read
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 import random
 import re
@@ -307,3 +309,104 @@ def test_pretraining_blocks_hold_whole_documents(quick_world):
         assert texts and all(t in docs for t in texts)  # no document cut in two
     first_row = [t.strip() for t in tok.decode(inputs[0][labels[0] != -100]).split("</s>")[:-1]]
     assert first_row == docs[: len(first_row)]  # in stream order
+
+
+# --- instruction tuning, the MT-quality knob, shipped stages ---------------------------------
+
+
+def test_instruction_batches_put_the_loss_on_the_answer_only(quick_world):
+    from transformers import AutoTokenizer
+
+    from flare_cli.toyworld.corpus import Mix, instruction_examples
+    from flare_cli.toyworld.pretrain import answer_only_batch
+
+    tok = AutoTokenizer.from_pretrained(quick_world.base_dir)
+    examples = list(itertools.islice(instruction_examples(0, Renderer(Lexicon.generate(0)), Mix()), 6))
+    assert all(prompt.endswith("\nAnswer:") and answer.startswith(" ") for prompt, answer in examples)
+    input_ids, mask, labels = answer_only_batch(tok, examples)
+    for row, (prompt, answer) in enumerate(examples):
+        n_prompt = len(tok(prompt, add_special_tokens=False).input_ids)
+        answer_ids = tok(answer, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        kept = labels[row][labels[row] != -100].tolist()
+        assert kept == answer_ids  # the answer and EOS, nothing of the prompt
+        assert labels[row, :n_prompt].eq(-100).all()
+        assert mask[row].sum() == n_prompt + len(answer_ids)
+    shares = Counter(
+        "qa" if p.startswith("Context:") else "nli" if p.startswith("Premise:") else "sentiment"
+        for p, _ in itertools.islice(instruction_examples(0, Renderer(Lexicon.generate(0)), Mix()), 2000)
+    )
+    assert 0.75 < shares["qa"] / 2000 < 0.85 and shares["nli"] > 150 and shares["sentiment"] > 150
+
+
+def test_mt_confusion_is_the_mt_quality_knob(monkeypatch, tmp_path):
+    from flare_cli.toyworld.build import world_name, world_settings
+
+    default = SIZES["full"].mt.confusion
+    assert 0 < default < 1  # the demo's MT is a low-resource one
+    assert world_settings("full", 0.2).mt.confusion == 0.2 and world_settings("full").mt == SIZES["full"].mt
+    hashes = {n: stage_hashes(world_settings("full", n), 0) for n in (None, 0.2)}
+    assert hashes[None]["base"] == hashes[0.2]["base"] and hashes[None]["mt"] != hashes[0.2]["mt"]
+    monkeypatch.setenv("FLARE_HOME", str(tmp_path / "fh"))
+    assert default_root("full", 0, 0.2) == tmp_path / "fh" / "toyworld" / "full-seed0-mt0.2"
+    assert world_name("full", 0, default) == world_name("full", 0) == "full-seed0"
+    with pytest.raises(ConfigError, match=r"^--mt-confusion is a share of words, from 0 to 1; got 1.5$"):
+        build(tmp_path / "w", size="full", mt_confusion=1.5)
+
+
+def test_confusions_swap_words_within_their_kind_and_spare_names_cities_numbers():
+    from flare_cli.toyworld.corpus import confusion_map, english_word_types, parallel_pairs
+
+    renderer = Renderer(Lexicon.generate(0))
+    words = english_word_types(0, renderer)
+    assert "teacher" in words and "is" in words and not {"Anna", "Paris", "42"} & set(words)
+    for share in (0.2, 0.5):
+        confusions = confusion_map(0, renderer, share)
+        assert abs(len(confusions) - share * len(words)) <= 4  # rounded per kind
+        for word, other in confusions.items():
+            assert word != other
+            for kind in (JOBS, PETS, COLOURS):
+                assert (word in kind) == (other in kind)  # a job for a job, a template word for a template word
+    confusions = confusion_map(0, renderer, 0.5)
+    clean = list(itertools.islice(parallel_pairs(0, renderer, "train"), 200))
+    confused = list(itertools.islice(parallel_pairs(0, renderer, "train", confusions), 200))
+    assert [t for _, t in clean] == [t for _, t in confused]  # the target side is untouched
+    changed = 0
+    for (en, _), (bad, _) in zip(clean, confused):
+        for a, b in zip(en.split(), bad.split(), strict=True):
+            if a != b:
+                changed += 1
+                assert confusions[re.sub(r"[^A-Za-z]", "", a)] == re.sub(r"[^A-Za-z]", "", b)
+    assert changed > 100
+
+
+def test_shipped_stages_match_the_full_worlds_settings():
+    """The package's trained stages were built from today's settings: changing a setting (or the
+    generator) without `python -m flare_cli.toyworld --rebuild --ship` fails here."""
+    from flare_cli.toyworld.build import SHIPPED, SHIPPED_STAGES, shipped_stage
+
+    hashes = stage_hashes(SIZES["full"], 0)
+    for stage in SHIPPED_STAGES:
+        assert shipped_stage(stage, hashes[stage]) == SHIPPED / "full-seed0" / stage, stage
+    assert (SHIPPED / "full-seed0" / "base" / "model.safetensors").stat().st_size < 4_000_000
+
+
+def test_the_full_world_copies_its_shipped_stages_instead_of_training(tmp_path, monkeypatch):
+    build_module = importlib.import_module("flare_cli.toyworld.build")  # the package exports build()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a shipped stage was trained")
+
+    monkeypatch.setattr(build_module, "pretrain", no_training)
+    monkeypatch.setattr(build_module, "train_mt", no_training)
+    world = build(tmp_path / "w", seed=0, size="full")
+    assert world.shipped == ("tokenizer", "base", "mt") and sum(world.timings.values()) < 60
+    meta = json.loads((world.root / WORLD_FILE).read_text())
+    assert meta["shipped_stages"] == ["tokenizer", "base", "mt"]
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    assert AutoModelForCausalLM.from_pretrained(world.base_dir).config.num_hidden_layers == SIZES["full"].base.layers
+    assert AutoModelForSeq2SeqLM.from_pretrained(world.mt_dir).config.d_model == SIZES["full"].mt.d_model
+    assert build(world.root, seed=0, size="full").reused
+    # --rebuild trains again even though the cache and the package hold the stages.
+    monkeypatch.setattr(build_module, "STAGES", ("tokenizer",))
+    assert build(world.root, seed=0, size="full", rebuild=True).shipped == ()

@@ -270,6 +270,22 @@ def test_qa_train_projects_answers_and_counts_failures(tmp_path, policy):
     assert (meta["projection_failed"], meta["rows_out"], meta["on_projection_failure"]) == (2, len(out), policy)
 
 
+@pytest.mark.parametrize("policy", ["keep", "drop"])
+def test_an_answer_the_mt_erases_drops_its_row_whatever_the_policy(tmp_path, policy):
+    """A low-resource MT can translate an answer to nothing: kept, the row would be unanswerable
+    (training refuses it), so it is dropped and counted, under keep as under drop."""
+    rows = qa_rows()[:1] + [{"id": "q6", "context": "Paris is the capital.", "question": "Which?", "answer": "the",
+                             "answer_start": 9}]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    cfg = TranslateConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"), lang="sw",
+                          task="qa", on_projection_failure=policy)
+    result = tr.run(cfg, engine=WordEngine())
+    assert [r["id"] for r in read_jsonl(result.output)] == ["q1"]
+    assert result.projection_failed_ids == ["q6"]
+    assert result.empty_answers_dropped == (1 if policy == "keep" else 0)  # under drop it is a plain failure
+    assert json.loads(Path(result.meta_path).read_text())["empty_answers_dropped"] == result.empty_answers_dropped
+
+
 def test_qa_projection_failure_error_policy(tmp_path):
     write_jsonl(tmp_path / "in.jsonl", qa_rows())
     cfg = TranslateConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"), lang="sw",

@@ -8,11 +8,22 @@ text, a little parallel and code-switched text.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from flare_cli.tasks.templates import ANSWER_PREFIX, NLI_TEMPLATE, QA_TEMPLATE, SENTIMENT_TEMPLATE
-from flare_cli.toyworld.language import Renderer, random_facts, random_people
+from flare_cli.toyworld.language import (
+    CITIES,
+    COLOURS,
+    FIRST_NAMES,
+    JOBS,
+    LAST_NAMES,
+    PETS,
+    Renderer,
+    random_facts,
+    random_people,
+)
 from flare_cli.toyworld.taskdata import DRAW, INPUT_FIELDS, TASKS, draw_sentiment, render
 
 TEMPLATES = {"qa": QA_TEMPLATE, "nli": NLI_TEMPLATE, "sentiment": SENTIMENT_TEMPLATE}
@@ -30,6 +41,10 @@ class Mix:
     english_qa: float = 0.30
     english_nli: float = 0.05
     english_sentiment: float = 0.05
+    # Instruction tuning (English only, after pretraining): shares of each task's prompts.
+    instruct_qa: float = 0.8
+    instruct_nli: float = 0.1
+    instruct_sentiment: float = 0.1
 
 
 def plain_sentences(rng: random.Random, renderer: Renderer, lang: str) -> list[str]:
@@ -81,27 +96,89 @@ def pretraining_document(rng: random.Random, renderer: Renderer, mix: Mix) -> st
     return " ".join(plain_sentences(rng, renderer, "en"))
 
 
+def instruction_examples(seed: int, renderer: Renderer, mix: Mix) -> Iterator[tuple[str, str]]:
+    """English (prompt, answer) pairs of the three tasks, for the base's instruction tuning."""
+    rng = random.Random(f"instruct-{seed}")
+    tasks = ("qa", "nli", "sentiment")
+    weights = (mix.instruct_qa, mix.instruct_nli, mix.instruct_sentiment)
+    while True:
+        task = rng.choices(tasks, weights)[0]
+        fields = render(DRAW[task](rng), task, renderer, "en")
+        prompt = TEMPLATES[task].format(**{k: fields[k] for k in INPUT_FIELDS[task]})
+        yield prompt, ANSWER_PREFIX + (fields["answer"] if task == "qa" else fields["label"])
+
+
 def pretraining_documents(seed: int, renderer: Renderer, mix: Mix) -> Iterator[str]:
     rng = random.Random(f"pretrain-{seed}")
     while True:
         yield pretraining_document(rng, renderer, mix)
 
 
-def parallel_pair(rng: random.Random, renderer: Renderer) -> tuple[str, str]:
-    """An (English, target) pair shaped like what `flare translate` will be asked to translate."""
+def parallel_pair(rng: random.Random, renderer: Renderer) -> list[tuple[str, str]]:
+    """(English, target) pairs shaped like what `flare translate` will be asked to translate: a
+    task field, or an answer; a QA context also comes with its answer in double quotes, the way
+    translate-train's answer projection marks it (an MT model that keeps quotes lets the projection
+    find the translated answer, as NLLB does)."""
     task = rng.choice(TASKS)
     example = DRAW[task](rng)
     en, tg = render(example, task, renderer, "en"), render(example, task, renderer, "qtw")
     if task == "qa" and rng.random() < 0.15:
-        return en["answer"], tg["answer"]  # translate-train translates the answers too
+        return [(en["answer"], tg["answer"])]  # translate-train translates the answers too
     field = rng.choice(INPUT_FIELDS[task])
-    return en[field], tg[field]
+    if field == "context":
+        return [(en[field], tg[field]), (quoted(en), quoted(tg))]
+    return [(en[field], tg[field])]
 
 
-def parallel_pairs(seed: int, renderer: Renderer, purpose: str) -> Iterator[tuple[str, str]]:
+def quoted(fields: dict) -> str:
+    """The context with its answer span in double quotes."""
+    start, end = fields["answer_start"], fields["answer_start"] + len(fields["answer"])
+    return f'{fields["context"][:start]}"{fields["answer"]}"{fields["context"][end:]}'
+
+
+def parallel_pairs(
+    seed: int, renderer: Renderer, purpose: str, confusions: dict[str, str] | None = None
+) -> Iterator[tuple[str, str]]:
+    """The MT's parallel text; with `confusions`, English words are swapped for others on the
+    English side, so the MT learns those words wrong in both directions (`confusion_map`)."""
     rng = random.Random(f"parallel-{purpose}-{seed}")
     while True:
-        yield parallel_pair(rng, renderer)
+        for en, tg in parallel_pair(rng, renderer):
+            yield (confuse(en, confusions) if confusions else en), tg
+
+
+def english_word_types(seed: int, renderer: Renderer) -> list[str]:
+    """The English words an MT could get wrong: every word of the templates and translated values,
+    not names, cities or numbers (which both languages share and a real MT copies)."""
+    rng = random.Random(f"vocabulary-{seed}")
+    shared = {*FIRST_NAMES, *LAST_NAMES, *CITIES}
+    words = set()
+    for _ in range(3000):
+        for en, _tg in parallel_pair(rng, renderer):
+            words.update(w for w in _WORD.findall(en) if w not in shared)
+    return sorted(words)
+
+
+def confusion_map(seed: int, renderer: Renderer, share: float) -> dict[str, str]:
+    """`share` of the English word types, each mapped to another of its kind (a job to a job, a
+    template word to a template word): a low-resource MT's systematic lexical errors, the world's
+    MT-quality knob. Names, cities and numbers stay right."""
+    words = english_word_types(seed, renderer)
+    values = [set(JOBS), set(PETS), set(COLOURS)]
+    groups = [sorted(g & set(words)) for g in values] + [sorted(set(words).difference(*values))]
+    rng = random.Random(f"mt-confusion-{seed}")
+    out = {}
+    for group in groups:
+        for word in rng.sample(group, round(share * len(group))):
+            out[word] = rng.choice([x for x in group if x != word])
+    return out
+
+
+def confuse(text: str, confusions: dict[str, str]) -> str:
+    return _WORD.sub(lambda m: confusions.get(m.group(0), m.group(0)), text)
+
+
+_WORD = re.compile(r"[A-Za-z]+")
 
 
 def tokenizer_training_text(seed: int, renderer: Renderer, lines: int) -> list[str]:
