@@ -357,6 +357,11 @@ def test_modules_an_architecture_lacks_are_one_clear_line():
     with pytest.raises(ConfigError, match=r"^fused modules \['c_attn'\] not found in LlamaForCausalLM; its linear "
                        r"modules are: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj$"):
         get_flare_model(arch_model("llama"), FlareConfig(target_modules="all-linear", fused_modules=["c_attn"]))
+    with pytest.raises(ConfigError, match=r"^fused modules \['down_proj'\] of LlamaForCausalLM do not read the hidden "
+                       r"state \(\d+ features\); FLARE fuses the layer's hidden state through the module's LoRA A, "
+                       r"so only these can fuse: gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj$"):
+        get_flare_model(arch_model("llama"), FlareConfig(target_modules="all-linear",
+                                                         fused_modules=["q_proj", "down_proj"]))
     with pytest.raises(ConfigError, match=r"^target modules \['q_proj', 'v_proj'\] not found in Phi3ForCausalLM; its "
                        r"linear modules are: down_proj, gate_up_proj, o_proj, qkv_proj \(or all-linear\)$"):
         get_flare_model(arch_model("phi3"), FlareConfig(method="lora"))

@@ -204,6 +204,26 @@ def _linear_names(model: nn.Module) -> list[str]:
     return sorted(names - {"lm_head"})
 
 
+def _check_fused_inputs(model: nn.Module, wanted: list[str], arch: str) -> None:
+    """The pivot is the layer's hidden state, and it enters through the module's own A: a module
+    whose input is wider (an MLP's down_proj reads the intermediate size) cannot fuse it. Refused in
+    one line instead of a shape error in the first forward."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    if not hidden or not wanted:
+        return
+    inputs: dict[str, set[int]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and not name.endswith("lm_head"):
+            inputs.setdefault(name.rsplit(".", 1)[-1], set()).add(module.in_features)
+    wide = [m for m in wanted if inputs.get(m, {hidden}) != {hidden}]
+    if wide:
+        readers = [m for m, sizes in sorted(inputs.items()) if sizes == {hidden}]
+        raise ConfigError(
+            f"fused modules {wide} of {arch} do not read the hidden state ({hidden} features); FLARE fuses "
+            f"the layer's hidden state through the module's LoRA A, so only these can fuse: {', '.join(readers)}"
+        )
+
+
 def resolve_modules(model: nn.Module, config: FlareConfig) -> None:
     """Map the method's module names onto this architecture, or refuse in one line.
 
@@ -237,6 +257,7 @@ def resolve_modules(model: nn.Module, config: FlareConfig) -> None:
             raise ConfigError(
                 f"fused modules {missing_fused} not found in {arch}; its linear modules are: {', '.join(available)}"
             )
+        _check_fused_inputs(model, wanted, arch)
     resolved = [t for t in targets or [] if not (config._packed is not None and t in PACKED_PARTS)]
     missing = [t for t in resolved if t not in available]
     if missing:
