@@ -43,8 +43,8 @@ VARIANTS = {
     # The cost knob: fuse in the first half / quarter of the 4 layers; the pivot pass stops there.
     "flare-layers-half": ("flare", {"fused_layers": "0,1"}),
     "flare-layers-quarter": ("flare", {"fused_layers": "0"}),
-    # Fusion in every adapted linear layer, not only q_proj and v_proj.
-    "flare-fuse-all": ("flare", {"fused_modules": "all-linear"}),
+    # Fusion in every module that reads the hidden state (all but down_proj), not only q_proj and v_proj.
+    "flare-fuse-all": ("flare", {"fused_modules": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj"}),
 }
 DEFAULT_VARIANTS = ["input-fusion"]
 PIVOT_KINDS = ("mt", "gold", "noisy")

@@ -163,6 +163,18 @@ def counted_toy_ratios(prompt: int = 96, answer: int = 4, batch: int = 8) -> dic
     return {name: flops[name] / flops["lora"] for name in LAYER_VARIANTS}
 
 
+def shown(command: str) -> str:
+    """The recorded command without the local folders it wrote to (they do not change a result)."""
+    words = command.split()
+    out = []
+    for word in words:
+        if out and out[-1] in ("--workdir", "--records"):
+            out.pop()
+            continue
+        out.append(word)
+    return " ".join(out)
+
+
 def write_report(records_dir: Path, out: Path) -> None:
     from flare_cli.toyworld.build import SIZES
 
@@ -175,7 +187,8 @@ def write_report(records_dir: Path, out: Path) -> None:
             continue
         seeds = sorted({r["seed"] for r in run["records"]})
         parts.append(f"## {task}: {SCORE_NAME[task]} (%) at the demo's MT level, seeds {', '.join(map(str, seeds))}\n\n"
-                     f"`{run['command']}`\n\n{mt_line(run)}\n\n{method_table(run['records'])}\n")
+                     f"`{shown(run['command'])}`" + "".join(f" and `{shown(c)}`" for c in run.get("extra_commands", []))
+                     + f"\n\n{mt_line(run)}\n\n{method_table(run['records'])}\n")
     qa_runs = [r for r in runs.values() if r["task"] == "qa"]
     if len(qa_runs) > 1:
         png = out.parent / "results_mt_levels.png"
