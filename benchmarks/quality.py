@@ -45,6 +45,9 @@ VARIANTS = {
     "flare-layers-quarter": ("flare", {"fused_layers": "0"}),
     # Fusion in every module that reads the hidden state (all but down_proj), not only q_proj and v_proj.
     "flare-fuse-all": ("flare", {"fused_modules": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj"}),
+    # Capacity: rank 16 for both stage-3 methods (the recipe's is 8).
+    "lora-r16": ("lora", {"r": 16, "lora_alpha": 32}),
+    "flare-r16": ("flare", {"r": 16, "lora_alpha": 32}),
 }
 DEFAULT_VARIANTS = ["input-fusion"]
 PIVOT_KINDS = ("mt", "gold", "noisy")
