@@ -141,11 +141,11 @@ def counted_toy_ratios(prompt: int = 96, answer: int = 4, batch: int = 8) -> dic
     from flare_cli.flare import FlareConfig, get_flare_model
     from flare_cli.toyworld.build import SIZES
 
-    s = SIZES["full"].base
-    config = LlamaConfig(vocab_size=1200, hidden_size=s.hidden, intermediate_size=s.ffn, num_hidden_layers=s.layers,
+    s, vocab = SIZES["full"].base, SIZES["full"].vocab_size
+    config = LlamaConfig(vocab_size=vocab, hidden_size=s.hidden, intermediate_size=s.ffn, num_hidden_layers=s.layers,
                          num_attention_heads=s.heads, num_key_value_heads=s.heads, pad_token_id=0)
     g = torch.Generator().manual_seed(0)
-    rows = [(torch.randint(3, 1200, (prompt,), generator=g).tolist(), torch.randint(3, 1200, (answer,), generator=g).tolist())
+    rows = [(torch.randint(3, vocab, (prompt,), generator=g).tolist(), torch.randint(3, vocab, (answer,), generator=g).tolist())
             for _ in range(batch)]
     fused = collate([Example(p + a, len(p), p) for p, a in rows], pad_id=0)
     plain = {k: v for k, v in fused.items() if not k.startswith("pivot_")}

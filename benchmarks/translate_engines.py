@@ -25,36 +25,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flare_cli import translate as tr  # noqa: E402
-from flare_cli.config import flare_home  # noqa: E402
 from flare_cli.languages import resolve  # noqa: E402
 from flare_cli.mt_engines import CT2Translator, HFTranslator  # noqa: E402
 
 
 def toy_mt_model() -> Path:
-    """The full toy world's MT model folder: the built world's, else trained here the same way."""
+    """The full toy world's MT model folder (the world is built, or copied from the package, on first use)."""
     from flare_cli import toyworld
-    from flare_cli.toyworld.build import SIZES
 
-    world_mt = toyworld.default_root("full", 0) / "mt"
-    if (world_mt / "model.safetensors").is_file():
-        return world_mt
-    out = flare_home() / "bench" / "toy-mt-full-seed0"
-    if (out / "model.safetensors").is_file():
-        return out
-    from flare_cli.toyworld.corpus import parallel_pairs, tokenizer_training_text
-    from flare_cli.toyworld.language import Lexicon, Renderer
-    from flare_cli.toyworld.mt import train_mt
-    from flare_cli.toyworld.tokenizer import nllb_tokenizer, train_sentencepiece
-
-    settings, seed = SIZES["full"], 0
-    renderer = Renderer(Lexicon.generate(seed))
-    print("training the toy world's MT model (tokenizer + MT stages of the full world, seed 0) ...", file=sys.stderr)
-    sp_model = train_sentencepiece(tokenizer_training_text(seed, renderer, settings.tokenizer_lines), settings.vocab_size)
-    tmp = out.with_name(out.name + ".tmp")
-    tokenizer = nllb_tokenizer(sp_model, tmp)
-    train_mt(tmp, tokenizer, parallel_pairs(seed, renderer, "train"), settings.mt, seed, None)
-    tmp.rename(out)
-    return out
+    return toyworld.build(seed=0, size="full").mt_dir
 
 
 def toy_texts(n: int) -> list[str]:
