@@ -10,7 +10,7 @@ the engines alternating; the median is reported. Agreement is the share of texts
 equals the transformers one exactly.
 
 Without `--mt-model`, the toy world's MT model is used (`flare_cli.toyworld`, full size, seed 0:
-built, or copied from the package, on first use). The figures in docs/translate.md were measured
+built, or copied from the package, on first use). The figures in docs/performance.md were measured
 with the earlier near-perfect toy MT (chrF ~97); the shipped one is deliberately worse.
 """
 
