@@ -4,6 +4,7 @@
     python benchmarks/quality.py --task qa --seeds 0 1 2 --mt-confusion 0.2        # another MT level
     python benchmarks/quality.py --task nli --seeds 0 1 2                          # nli, sentiment alike
     python benchmarks/quality.py --task qa --seeds 0 1 2 --variants flare-layers-half flare-layers-quarter
+    python benchmarks/quality.py --task qa --seeds 0 1 2 --train-rows 2000 --records runs/probes   # a recipe probe
     python benchmarks/quality.py --report          # docs/results.md and its plots from docs/results/*.json
     python benchmarks/quality.py --quick --seeds 0 # smoke run of the script itself
 
@@ -25,6 +26,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +72,9 @@ def main(argv=None) -> int:
                         help="English pivots to score with: the pipeline's MT, the world's gold, noisy gold")
     parser.add_argument("--records", default=str(ROOT / "docs" / "results"), help="'' to keep no records")
     parser.add_argument("--report", action="store_true", help="train nothing: render docs/results.md from the records")
+    parser.add_argument("--train-rows", type=int, default=None,
+                        help="translate-train rows (the demo recipe's: all 8000 of the world's); "
+                             "another value keeps its records apart (<task>-mt<level>-rows<N>.json)")
     args = parser.parse_args(argv)
 
     from flare_cli import demo
@@ -81,6 +86,11 @@ def main(argv=None) -> int:
     size = "quick" if args.quick else "full"
     level = SIZES[size].mt.confusion if args.mt_confusion is None else args.mt_confusion
     name = f"{args.task}-mt{level:g}" + ("-quick" if args.quick else "")
+    recipe = demo.RECIPES[size]
+    if args.train_rows is not None and args.train_rows != recipe.train_rows:
+        # A probe of the recipe: demo.run and run_seed read RECIPES, so the override goes there.
+        demo.RECIPES[size] = replace(recipe, train_rows=args.train_rows)
+        name += f"-rows{args.train_rows}"
     work = Path(args.workdir) / name
     records_file = Path(args.records) / f"{name}.json" if args.records else None
     records = _load(records_file).get("records", []) if records_file else []
