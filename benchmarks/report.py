@@ -215,7 +215,8 @@ weak in the target language `qtw` (stage 1 reaches exact match 85.8 on the Engli
 test rows; zero-shot on `qtw` 8.8), and an MT model whose systematic word errors put it where
 NLLB-200 puts low-resource languages into English (qtw->en chrF++ 56.1 on the test inputs at the
 default level). Seeds are training seeds of stage 1 and stage 3 on one world (seed 0), with the
-`flare demo` recipe. Every method is scored on the same
+`flare demo` recipe (docs/toyworld.md: stage 1 150 steps; all 8000 English train rows translated,
+about half kept by the answer projection; stage 3 200 steps). Every method is scored on the same
 target-language test rows; the tables are regenerated with `python benchmarks/quality.py --report`
 from docs/results/*.json. Pivots: `mt` = the pipeline's own translate-test output, `gold` = the
 world's reference English, `noisy` = gold with ~15% of the words replaced, dropped or doubled.
