@@ -3,20 +3,16 @@ per-kind scores are known by hand (docs/results.md's "where the points are" tabl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def answer_types():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "answer_types.py"
-    spec = importlib.util.spec_from_file_location("answer_types_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("answer_types")
 
 
 def _predictions(folder: Path, rows: list[tuple[str, bool]]) -> None:

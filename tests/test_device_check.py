@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_scripts import load_benchmark
 
 
 def test_device_check_tiny_preset_runs_every_section(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("device_check", ROOT / "benchmarks" / "device_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("device_check")
     out = tmp_path / "report.json"
     report = module.main(["--preset", "tiny", "--batch", "1", "--prompt-len", "32", "--steps", "1",
                           "--e2e-steps", "2", "--json-out", str(out)])

@@ -4,22 +4,16 @@ FLOP ratios in docs/performance.md rest on them)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 MiB = 2**20
 
 
 @pytest.fixture(scope="module")
 def speed():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-    spec = importlib.util.spec_from_file_location("speed_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("speed")
 
 
 def test_peak_tracker_counts_live_bytes_forward_and_backward(speed):
